@@ -1,0 +1,39 @@
+# Everything the project needs, installed into the project itself, idempotently.
+#   make demo   set everything up and run the main job
+#   make test   set everything up and run the tests
+VENV   ?= .venv
+PYTHON ?= python3
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup python system test demo lint bench clean
+
+setup: python system
+
+python: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $@
+
+# Machine-level parts (CRIU, HAProxy, ...): each scripts/setup.d/*.sh installs
+# one, idempotently, and says plainly what it skips when not root.
+system: $(STAMP)
+	@VENV=$(abspath $(VENV)) scripts/setup-system.sh
+
+test: setup
+	$(VENV)/bin/pytest -q
+
+demo: setup
+	$(VENV)/bin/edgeshot plan examples/shop/policy_local.py
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check framework tests bench
+
+bench: setup
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

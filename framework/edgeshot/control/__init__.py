@@ -1,0 +1,1 @@
+"""edgeshot.control"""
