@@ -1,0 +1,318 @@
+"""Checks that need the whole declaration: what a reviewer would catch.
+
+Pure functions over already-built spec objects; each finding names the object
+it is about and the field path below it, so `load()` can print file:line.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ._base import SpecModel, subtree_valid
+from ._catalog import CATALOGS, REGIONS
+from ._cost import instance_month, money
+from ._models import Application, EdgeNetwork, Edgepoint
+from ._routes import is_glob, methods_meet, patterns_meet, specificity
+
+
+@dataclass(frozen=True)
+class Finding:
+    obj: SpecModel
+    field: str  # path below obj, "" for the object itself
+    value: Any
+    message: str
+
+
+def region_names(network: EdgeNetwork) -> set[str]:
+    return set(REGIONS) | {r.name for r in network.regions}
+
+
+def select_edgepoints(app: Application, network: EdgeNetwork) -> list[Edgepoint]:
+    """The edgepoints an app's distribution policy places it on, in a stable order.
+
+    Named edgepoints in the order given; otherwise the network's edgepoints in
+    the selected regions (all regions when none are named), in network order;
+    at most `max_edgepoints` of them.
+    """
+    dist = app.distribution
+    by_name = {e.name: e for e in network.edgepoints}
+    if dist.edgepoints:
+        chosen = [by_name[n] for n in dist.edgepoints if n in by_name]
+    elif dist.regions:
+        wanted = set(dist.regions)
+        chosen = [e for e in network.edgepoints if e.region in wanted]
+    else:
+        chosen = list(network.edgepoints)
+    if dist.max_edgepoints is not None:
+        chosen = chosen[: dist.max_edgepoints]
+    return chosen
+
+
+def check(network: EdgeNetwork | None, apps: list[Application]) -> list[Finding]:
+    """Every cross-object finding.
+
+    A check runs when the parts it reads are valid on their own; parts that
+    failed have reported their own problems already, and the rest of the
+    declaration is still checked, so one load shows everything.
+    """
+    findings: list[Finding] = []
+    net = network if network is not None and subtree_valid(network) else None
+    if net is not None:
+        findings += _network(net)
+    named = [a for a in apps if _ok(a, "name", "routing", "owner")]
+    findings += _unique_apps(named)
+    for app in apps:
+        if _ok(app, "cleave"):
+            findings += _cleave(app, net)
+        if _ok(app, "sla", "distribution", "load_test"):
+            findings += _sla(app)
+        if net is not None and _ok(app, "distribution", "load_test"):
+            findings += _against_network(app, net)
+        if net is not None and _ok(app, "distribution", "budget", "tiers"):
+            findings += _budget(app, net)
+    return findings
+
+
+def _ok(app: Application, *fields: str) -> bool:
+    """The named fields of `app` hold valid values (a half-built app may hold raw input)."""
+    for name in fields:
+        if name not in app.__dict__:
+            return False
+        value = app.__dict__[name]
+        items = value if isinstance(value, (tuple, list)) else (value,)
+        for item in items:
+            if isinstance(item, SpecModel):
+                if not subtree_valid(item):
+                    return False
+            elif not (item is None or isinstance(item, str)):
+                return False
+    return True
+
+
+def _network(net: EdgeNetwork) -> Iterator[Finding]:
+    catalog = CATALOGS[net.provider.kind]
+    for region in net.regions:
+        if region.name in REGIONS:
+            yield Finding(
+                region, "name", region.name, "is a built-in region; give your region another name"
+            )
+    known_regions = region_names(net)
+    for name, n in Counter(e.name for e in net.edgepoints).items():
+        if n > 1:
+            dup = [e for e in net.edgepoints if e.name == name][1]
+            yield Finding(
+                dup, "name", name, f"edgepoint names must be unique; {name!r} is declared {n} times"
+            )
+    placed = [*net.edgepoints, net.controller]
+    for site in placed:
+        if isinstance(site, Edgepoint) and site.region not in known_regions:
+            yield Finding(
+                site,
+                "region",
+                site.region,
+                f"unknown region; allowed: {', '.join(sorted(known_regions))} "
+                "(or add a Region to the network)",
+            )
+        if net.provider.kind != "local":
+            if site.location not in catalog.locations:
+                yield Finding(
+                    site,
+                    "location",
+                    site.location,
+                    f"not a {net.provider.kind} location; allowed: "
+                    f"{', '.join(sorted(catalog.locations))}",
+                )
+            if site.server_type not in catalog.server_types:
+                yield Finding(
+                    site,
+                    "server_type",
+                    site.server_type,
+                    f"not a {net.provider.kind} server type; allowed: "
+                    f"{', '.join(sorted(catalog.server_types))}",
+                )
+    if net.slot_network.prefixlen > 24 - _bits(sum(e.servers for e in net.edgepoints)):
+        yield Finding(
+            net,
+            "slot_network",
+            str(net.slot_network),
+            "too small: every server needs its own /24 of slot addresses",
+        )
+
+
+def _bits(n: int) -> int:
+    return max(0, (n - 1).bit_length())
+
+
+def _unique_apps(apps: list[Application]) -> Iterator[Finding]:
+    seen: dict[str, Application] = {}
+    for app in apps:
+        if app.name in seen:
+            yield Finding(
+                app,
+                "name",
+                app.name,
+                f"app {app.name!r} is declared twice (also at {seen[app.name].written_at}); "
+                "one version per app in a policy file — roll out versions with `edgeshot deploy`",
+            )
+        else:
+            seen[app.name] = app
+    keys: dict[tuple[str, str], Application] = {}
+    for app in apps:
+        for key in app.routing.keys():
+            other = keys.setdefault(key, app)
+            if other is not app:
+                yield Finding(
+                    app,
+                    "routing",
+                    f"{key[0]}{key[1]}",
+                    f"routing key already used by app {other.name!r}: requests could not "
+                    "tell the two apps apart",
+                )
+    owners: dict[str, Any] = {}
+    for app in apps:
+        other = owners.setdefault(app.owner.id, app.owner)
+        if other != app.owner:
+            yield Finding(
+                app,
+                "owner",
+                app.owner.id,
+                f"owner {app.owner.id!r} is declared twice with different details",
+            )
+
+
+def _cleave(app: Application, net: EdgeNetwork | None) -> Iterator[Finding]:
+    cleave = app.cleave
+    both = [("edge", i, r) for i, r in enumerate(cleave.edge)] + [
+        ("origin", i, r) for i, r in enumerate(cleave.origin)
+    ]
+    for a in range(len(both)):
+        for b in range(a + 1, len(both)):
+            side_a, _, ra = both[a]
+            side_b, ib, rb = both[b]
+            if not methods_meet(ra.method, rb.method):
+                continue
+            if (ra.method, ra.path) == (rb.method, rb.path):
+                yield Finding(
+                    app,
+                    f"cleave.{side_b}[{ib}]",
+                    str(rb),
+                    f"route repeated (also in cleave.{side_a}); each route goes one way",
+                )
+            elif (
+                side_a != side_b
+                and specificity(ra.path) == specificity(rb.path)
+                and (is_glob(ra.path) or is_glob(rb.path))
+                and patterns_meet(ra.path, rb.path)
+            ):
+                yield Finding(
+                    app,
+                    f"cleave.{side_b}[{ib}]",
+                    str(rb),
+                    f"overlaps edge/origin route {ra} with equal specificity: some paths "
+                    "would match both; make one more specific",
+                )
+    needs_origin = bool(cleave.origin) or cleave.default == "origin"
+    has_origin = cleave.origin_url is not None or (net is not None and net.origin is not None)
+    if needs_origin and not has_origin and (net is not None):
+        yield Finding(
+            app,
+            "cleave.origin_url",
+            None,
+            "origin routes need an origin: set cleave.origin_url or the network's origin",
+        )
+
+
+def _sla(app: Application) -> Iterator[Finding]:
+    sla, dist = app.sla, app.distribution
+    if sla.warm_pool > dist.max:
+        yield Finding(
+            app,
+            "sla.warm_pool",
+            sla.warm_pool,
+            f"more than distribution.max ({dist.max}) instances per edgepoint",
+        )
+    crit = app.load_test.criteria if app.load_test else None
+    if crit and crit.max_response_ms and crit.max_response_ms > sla.max_response_ms:
+        yield Finding(
+            app,
+            "load_test.criteria.max_response_ms",
+            crit.max_response_ms,
+            f"looser than the SLA's max_response_ms ({sla.max_response_ms}): "
+            "a version could pass its test and break its SLA",
+        )
+
+
+def _against_network(app: Application, net: EdgeNetwork) -> Iterator[Finding]:
+    dist = app.distribution
+    known_regions = region_names(net)
+    in_network = {e.region for e in net.edgepoints}
+    for i, region in enumerate(dist.regions):
+        if region not in in_network:
+            allowed = ", ".join(sorted(in_network))
+            what = (
+                "unknown region"
+                if region not in known_regions
+                else "no edgepoint of the network is in this region"
+            )
+            yield Finding(app, f"distribution.regions[{i}]", region, f"{what}; allowed: {allowed}")
+    names = {e.name for e in net.edgepoints}
+    for i, name in enumerate(dist.edgepoints):
+        if name not in names:
+            yield Finding(
+                app,
+                f"distribution.edgepoints[{i}]",
+                name,
+                f"the network has no such edgepoint; allowed: {', '.join(sorted(names))}",
+            )
+    if app.load_test:
+        for i, region in enumerate(app.load_test.regions):
+            if region not in known_regions:
+                yield Finding(
+                    app,
+                    f"load_test.regions[{i}]",
+                    region,
+                    f"unknown region; allowed: {', '.join(sorted(known_regions))}",
+                )
+    chosen = select_edgepoints(app, net)
+    if not chosen:
+        return
+    if dist.global_max is not None and dist.global_max < dist.min * len(chosen):
+        yield Finding(
+            app,
+            "distribution.global_max",
+            dist.global_max,
+            f"less than min ({dist.min}) x {len(chosen)} edgepoints = {dist.min * len(chosen)}",
+        )
+    slots = min(e.servers * e.slots_per_server for e in chosen)
+    if dist.min > slots:
+        yield Finding(
+            app,
+            "distribution.min",
+            dist.min,
+            f"more instances than the smallest chosen edgepoint has slots ({slots})",
+        )
+
+
+def _budget(app: Application, net: EdgeNetwork) -> Iterator[Finding]:
+    dist, chosen = app.distribution, select_edgepoints(app, net)
+    pricing, budget = net.pricing, app.budget.monthly
+    if budget.currency != pricing.currency:
+        yield Finding(
+            app,
+            "budget.monthly",
+            str(budget),
+            f"the network prices in {pricing.currency}; write the budget in {pricing.currency}",
+        )
+        return
+    floor = instance_month(app, pricing, busy=False) * dist.min * len(chosen)
+    if floor > budget.amount:
+        yield Finding(
+            app,
+            "budget.monthly",
+            str(budget),
+            f"cannot pay for the minimum: {dist.min} instance(s) x {len(chosen)} edgepoint(s) "
+            f"cost at least {money(floor, pricing.currency)} a month at the network's prices",
+        )
