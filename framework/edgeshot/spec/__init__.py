@@ -16,7 +16,7 @@ from pydantic import Field
 
 from ._base import Origin, SpecModel
 from ._catalog import CATALOGS, HOURS_PER_MONTH, REGIONS, SECONDS_PER_MONTH, RegionInfo, ServerType
-from ._checks import region_names, select_edgepoints
+from ._checks import EdgepointIndex, region_info, region_names, select_edgepoints
 from ._cost import instance_month, money
 from ._load import Problem, SpecError, load_declaration
 from ._models import (
@@ -73,13 +73,6 @@ class Spec(SpecModel):
             f"no application {name!r}; have: {', '.join(a.name for a in self.applications)}"
         )
 
-    def region(self, name: str) -> RegionInfo:
-        for r in self.network.regions:
-            if r.name == name:
-                return RegionInfo(r.latitude, r.longitude, r.label)
-        return REGIONS[name]
-
-
 def load(path: str | os.PathLike[str]) -> Spec:
     """Import and validate a policy file; raise SpecError naming every problem with file:line."""
     network, apps, file = load_declaration(path)
@@ -101,6 +94,7 @@ __all__ = [
     "Distribution",
     "EdgeNetwork",
     "Edgepoint",
+    "EdgepointIndex",
     "HealthCheck",
     "Hetzner",
     "LoadTest",
@@ -130,6 +124,7 @@ __all__ = [
     "instance_month",
     "load",
     "money",
+    "region_info",
     "region_names",
     "select_edgepoints",
 ]

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._base import SpecModel, subtree_valid
-from ._catalog import CATALOGS, REGIONS
+from ._catalog import CATALOGS, REGIONS, RegionInfo
 from ._cost import instance_month, money
 from ._models import Application, EdgeNetwork, Edgepoint
 from ._routes import is_glob, methods_meet, patterns_meet, specificity
@@ -30,25 +30,47 @@ def region_names(network: EdgeNetwork) -> set[str]:
     return set(REGIONS) | {r.name for r in network.regions}
 
 
-def select_edgepoints(app: Application, network: EdgeNetwork) -> list[Edgepoint]:
+def region_info(network: EdgeNetwork, name: str) -> RegionInfo:
+    """Coordinates of a region: the network's own regions first, then the built-in table."""
+    for r in network.regions:
+        if r.name == name:
+            return RegionInfo(r.latitude, r.longitude, r.label)
+    return REGIONS[name]
+
+
+class EdgepointIndex:
+    """The network's edgepoints by name and by region, built once for many apps."""
+
+    def __init__(self, network: EdgeNetwork) -> None:
+        self.all = list(network.edgepoints)
+        self.by_name = {e.name: e for e in self.all}
+        self.by_region: dict[str, list[Edgepoint]] = {}
+        for e in self.all:
+            self.by_region.setdefault(e.region, []).append(e)
+        self.order = {e.name: i for i, e in enumerate(self.all)}
+
+
+def select_edgepoints(
+    app: Application, network: EdgeNetwork, index: EdgepointIndex | None = None
+) -> list[Edgepoint]:
     """The edgepoints an app's distribution policy places it on, in a stable order.
 
     Named edgepoints in the order given; otherwise the network's edgepoints in
     the selected regions (all regions when none are named), in network order;
     at most `max_edgepoints` of them.
     """
+    idx = index or EdgepointIndex(network)
     dist = app.distribution
-    by_name = {e.name: e for e in network.edgepoints}
     if dist.edgepoints:
-        chosen = [by_name[n] for n in dist.edgepoints if n in by_name]
+        chosen = [idx.by_name[n] for n in dist.edgepoints if n in idx.by_name]
     elif dist.regions:
-        wanted = set(dist.regions)
-        chosen = [e for e in network.edgepoints if e.region in wanted]
+        chosen = [e for r in set(dist.regions) for e in idx.by_region.get(r, ())]
+        chosen.sort(key=lambda e: idx.order[e.name])
     else:
-        chosen = list(network.edgepoints)
+        chosen = idx.all
     if dist.max_edgepoints is not None:
         chosen = chosen[: dist.max_edgepoints]
-    return chosen
+    return list(chosen)
 
 
 def check(network: EdgeNetwork | None, apps: list[Application]) -> list[Finding]:
@@ -82,14 +104,23 @@ def _ok(app: Application, *fields: str) -> bool:
         if name not in app.__dict__:
             return False
         value = app.__dict__[name]
+        wants_model = _holds_model(type(app).model_fields[name].annotation)
         items = value if isinstance(value, (tuple, list)) else (value,)
         for item in items:
             if isinstance(item, SpecModel):
                 if not subtree_valid(item):
                     return False
-            elif not (item is None or isinstance(item, str)):
+            elif item is not None and (wants_model or not isinstance(item, str)):
+                # raw input where an object belongs, e.g. budget="50 EUR"
                 return False
     return True
+
+
+def _holds_model(annotation: Any) -> bool:
+    """The field's type is (or contains) a spec model, so raw text there is not valid."""
+    if isinstance(annotation, type) and issubclass(annotation, SpecModel):
+        return True
+    return any(_holds_model(arg) for arg in getattr(annotation, "__args__", ()) or ())
 
 
 def _network(net: EdgeNetwork) -> Iterator[Finding]:

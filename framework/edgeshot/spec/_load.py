@@ -116,6 +116,7 @@ def _exec(path: Path, collector: Collector) -> tuple[dict[str, Any] | None, list
     name = "edgeshot_policy_" + hashlib.sha256(str(path).encode()).hexdigest()[:12]
     directory = str(path.parent)
     before = set(sys.modules)
+    saved_path = list(sys.path)
     sys.path.insert(0, directory)
     token = _collecting.set(collector)
     try:
@@ -151,7 +152,7 @@ def _exec(path: Path, collector: Collector) -> tuple[dict[str, Any] | None, list
         ]
     finally:
         _collecting.reset(token)
-        sys.path.remove(directory)
+        sys.path[:] = saved_path  # the file may have changed sys.path, even emptied it
         for mod in set(sys.modules) - before:
             del sys.modules[mod]
 

@@ -283,6 +283,9 @@ class Tier(SpecModel):
     command: tuple[str, ...] = Field(min_length=1)
     port: Port = 8000
     env: dict[str, str] = {}
+    secrets: tuple[str, ...] = Field(
+        default=(), description="env vars supplied at run time from the secret store, never in plans"
+    )
     entry: bool = False
     health: HealthCheck | None = HealthCheck()
     resources: Resources = Resources()

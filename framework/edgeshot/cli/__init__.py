@@ -1,0 +1,179 @@
+"""The `edgeshot` command: the conduit, the provider's single point of control.
+
+Exit codes follow `terraform plan -detailed-exitcode`: 0 success (no
+changes), 1 error, 2 success with changes (for `plan --diff`).
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from edgeshot import __version__
+from edgeshot.plan import (
+    Plan,
+    PlanDiff,
+    compile_plan,
+    diff,
+    read_plan,
+    render_diff_markdown,
+    render_plan_markdown,
+    write_plan,
+)
+from edgeshot.spec import Spec, SpecError, load
+
+app = typer.Typer(
+    name="edgeshot",
+    help="Infrastructure as code for on-demand application processing at the edge.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+class Format(StrEnum):
+    table = "table"
+    markdown = "markdown"
+    json = "json"
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(1)
+
+
+def _load(file: Path) -> Spec:
+    """Load a policy file or print every problem (no traceback) and exit 1."""
+    try:
+        return load(file)
+    except SpecError as exc:
+        n = len(exc.problems)
+        err.print(f"[bold red]{file}: {n} problem{'s' if n != 1 else ''}[/]", highlight=False)
+        for problem in exc.problems:
+            err.print(f"  {problem}", highlight=False, soft_wrap=True, markup=False)
+        raise typer.Exit(1) from None
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
+) -> None:
+    if version:
+        out.print(f"edgeshot {__version__}")
+        raise typer.Exit(0)
+
+
+@app.command()
+def validate(file: Annotated[Path, typer.Argument(help="Policy file (a Python module).")]) -> None:
+    """Check a policy file; report every problem with file:line, field and what is allowed."""
+    spec = _load(file)
+    net = spec.network
+    out.print(
+        f"[green]✓[/] {file}: network [bold]{net.name}[/] ({net.provider.kind}), "
+        f"{len(net.edgepoints)} edgepoint(s), {len(spec.applications)} app(s)",
+        highlight=False,
+    )
+
+
+@app.command()
+def plan(
+    file: Annotated[Path, typer.Argument(help="Policy file (a Python module).")],
+    out_file: Annotated[Path | None, typer.Option("--out", help="Write the plan as JSON here.")] = None,
+    old: Annotated[
+        Path | None, typer.Option("--diff", help="Compare with a plan saved earlier (JSON).")
+    ] = None,
+    fmt: Annotated[Format, typer.Option("--format", help="How to print.")] = Format.table,
+) -> None:
+    """Compile a policy file into a plan; with --diff, show what would change (exit 2 if anything)."""
+    previous = _read(old) if old else None
+    new = compile_plan(_load(file))
+    if out_file:
+        write_plan(new, out_file)
+    if previous is None:
+        _show_plan(new, fmt)
+        return
+    changes = diff(previous, new)
+    _show_diff(changes, new, fmt)
+    raise typer.Exit(2 if not changes.empty else 0)
+
+
+def _read(path: Path) -> Plan:
+    try:
+        return read_plan(path)
+    except FileNotFoundError:
+        raise _fail(f"{path}: no such plan file") from None
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise _fail(f"{path}: not an edgeshot plan ({where}: {first.get('msg')})") from None
+    except (OSError, ValueError) as exc:
+        raise _fail(f"{path}: cannot be read as a plan ({exc})") from None
+
+
+def _show_plan(p: Plan, fmt: Format) -> None:
+    if fmt is Format.json:
+        print(p.to_json(), end="")
+    elif fmt is Format.markdown:
+        print(render_plan_markdown(p), end="")
+    else:
+        servers = Table(title=f"Plan for network {p.network} ({p.provider})", title_justify="left")
+        for col in ("server", "edgepoint", "region", "location", "type", "roles", "slots", "per month"):
+            servers.add_column(col)
+        for s in (p.controller, *p.servers):
+            servers.add_row(s.name, s.edgepoint or "—", s.region, s.location, s.server_type,
+                            ", ".join(s.roles), str(s.slots), str(s.monthly_cost))
+        apps = Table(title="Applications", title_justify="left")
+        for col in ("app", "version", "owner", "edgepoints", "ceiling", "estimate / month", "budget"):
+            apps.add_column(col)
+        for a in p.apps:
+            apps.add_row(a.name, a.version, a.owner, ", ".join(a.edgepoints), str(a.cost_ceiling),
+                         f"{a.estimate_low.amount}–{a.estimate_high}",
+                         str(a.budget) + ("" if a.within_budget else " (ceiling applies)"))
+        out.print(servers)
+        out.print(apps)
+        out.print(f"{len(p.servers) + 1} servers, {len(p.placements)} placements; "
+                  f"infrastructure {p.infrastructure_monthly}/month", highlight=False)
+
+
+def _show_diff(changes: PlanDiff, p: Plan, fmt: Format) -> None:
+    if fmt is Format.json:
+        print(json.dumps({"summary": changes.summary(), **changes.model_dump(mode="json")}, indent=1))
+    elif fmt is Format.markdown:
+        print(render_diff_markdown(changes, p.network), end="")
+    else:
+        style = {"add": "green", "change": "yellow", "remove": "red"}
+        sign = {"add": "+", "change": "~", "remove": "-"}
+        table = Table(title=escape(changes.summary()), title_justify="left", show_lines=False)
+        for col in ("", "resource", "field", "before", "after"):
+            table.add_column(col)
+        for c in changes.changes:
+            color = style[c.action]
+            table.add_row(f"[{color}]{sign[c.action]}[/]", escape(f"{c.kind} {c.id}"), "", "", "")
+            if c.action == "change":
+                for f in c.fields:
+                    table.add_row("", "", escape(f.path), escape(_brief(f.old)), escape(_brief(f.new)))
+        out.print(table if changes.changes else changes.summary(), highlight=False, markup=False)
+
+
+def _brief(value: object) -> str:
+    text = "—" if value is None else value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def main() -> None:
+    """Console entry point: no traceback ever reaches a user."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        raise SystemExit(130) from None

@@ -1,0 +1,215 @@
+"""Compile a validated spec into a plan: a pure function over plain data."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from edgeshot.spec import (
+    CATALOGS,
+    Application,
+    EdgeNetwork,
+    EdgepointIndex,
+    Spec,
+    instance_month,
+    money,
+    region_info,
+    select_edgepoints,
+)
+from edgeshot.spec._routes import specificity, to_regex
+
+from ._models import (
+    AppPlan,
+    EdgepointPlan,
+    Money,
+    Placement,
+    Plan,
+    RoutePlan,
+    ScalingPolicy,
+    ServerPlan,
+    TierPlan,
+)
+from ._share import divide
+
+
+def compile_plan(spec: Spec) -> Plan:
+    """Servers, edgepoints, apps and placements for `spec`; same spec, same plan."""
+    net = spec.network
+    servers, edgepoints = _servers(net)
+    controller = _controller(net)
+    index = EdgepointIndex(net)
+    regions = {e.name: e.region for e in net.edgepoints}
+    apps: list[AppPlan] = []
+    placements: list[Placement] = []
+    for app in sorted(spec.applications, key=lambda a: a.name):
+        chosen = [e.name for e in select_edgepoints(app, net, index)]
+        app_plan, app_placements = _app(app, net, chosen, regions)
+        apps.append(app_plan)
+        placements.extend(app_placements)
+    infra = sum((s.monthly_cost.amount for s in (*servers, controller)), Decimal(0))
+    currency = CATALOGS[net.provider.kind].currency
+    return Plan.model_construct(
+        format=1,
+        network=net.name,
+        provider=net.provider.kind,
+        pricing=net.pricing.model_dump(mode="json"),
+        servers=tuple(servers),
+        controller=controller,
+        edgepoints=tuple(edgepoints),
+        apps=tuple(apps),
+        placements=tuple(placements),
+        infrastructure_monthly=Money(amount=infra, currency=currency),
+    )
+
+
+def _local_address(edgepoint_number: int, server_number: int) -> str:
+    """Edgepoint N's servers on 127.<N/256>.<N%256>.<k>; the first (k=1) is its edge host."""
+    return f"127.{edgepoint_number >> 8}.{edgepoint_number & 255}.{server_number}"
+
+
+def _servers(net: EdgeNetwork) -> tuple[list[ServerPlan], list[EdgepointPlan]]:
+    catalog = CATALOGS[net.provider.kind]
+    local = net.provider.kind == "local"
+    http = net.provider.http_port if local else net.ports.http
+    subnets = net.slot_network.subnets(new_prefix=24)
+    servers: list[ServerPlan] = []
+    edgepoints: list[EdgepointPlan] = []
+    for number, ep in enumerate(net.edgepoints, start=1):
+        price = catalog.server_types.get(ep.server_type)
+        names = []
+        for k in range(1, ep.servers + 1):
+            edge_host = k == 1
+            ports = {"agent": net.ports.agent}
+            if edge_host:
+                ports |= {"http": http, "edge": net.ports.edge, "stats": net.ports.stats}
+            name = f"{ep.name}-{k}"
+            names.append(name)
+            servers.append(
+                ServerPlan.model_construct(
+                    name=name,
+                    edgepoint=ep.name,
+                    roles=("agent", "edge") if edge_host else ("agent",),
+                    provider=net.provider.kind,
+                    location=ep.location,
+                    server_type=ep.server_type,
+                    region=ep.region,
+                    address=_local_address(number, k) if local else None,
+                    ports=ports,
+                    slot_subnet=str(next(subnets)),
+                    slots=ep.slots_per_server,
+                    monthly_cost=Money(amount=price.monthly if price else Decimal(0),
+                                       currency=catalog.currency),
+                )
+            )
+        region = region_info(net, ep.region)
+        edgepoints.append(
+            EdgepointPlan.model_construct(
+                name=ep.name, region=ep.region, latitude=region.latitude, longitude=region.longitude,
+                location=ep.location, servers=tuple(names), edge_host=names[0],
+                slots=ep.servers * ep.slots_per_server,
+            )
+        )
+    return servers, edgepoints
+
+
+def _controller(net: EdgeNetwork) -> ServerPlan:
+    catalog = CATALOGS[net.provider.kind]
+    local = net.provider.kind == "local"
+    price = catalog.server_types.get(net.controller.server_type)
+    region = catalog.locations.get(net.controller.location, "local" if local else "")
+    return ServerPlan.model_construct(
+        name="controller",
+        edgepoint=None,
+        roles=("controller", "dispatcher"),
+        provider=net.provider.kind,
+        location=net.controller.location,
+        server_type=net.controller.server_type,
+        region=region,
+        address="127.0.0.1" if local else None,
+        ports={
+            "http": net.provider.http_port if local else net.ports.http,
+            "https": net.ports.https,
+            "controller": net.ports.controller,
+            "stats": net.ports.stats,
+        },
+        slot_subnet=None,
+        slots=0,
+        monthly_cost=Money(amount=price.monthly if price else Decimal(0), currency=catalog.currency),
+    )
+
+
+def _routes(app: Application) -> tuple[RoutePlan, ...]:
+    routes = [(r, "edge") for r in app.cleave.edge] + [(r, "origin") for r in app.cleave.origin]
+    # Most specific first; at equal specificity a named method beats '*'; then text order.
+    routes.sort(key=lambda rt: (-specificity(rt[0].path), rt[0].method == "*", rt[0].path, rt[0].method))
+    return tuple(
+        RoutePlan.model_construct(method=r.method, path=r.path, to=to, transactional=r.transactional,
+                                  regex=to_regex(r.path))
+        for r, to in routes
+    )
+
+
+def _tiers(app: Application) -> tuple[TierPlan, ...]:
+    entry = app.entry_tier.name
+    return tuple(
+        TierPlan.model_construct(
+            name=t.name, command=t.command, port=t.port, env=dict(sorted(t.env.items())),
+            secrets=t.secrets, entry=t.name == entry,
+            health_path=t.health.path if t.health else None,
+            health_timeout_s=t.health.timeout_s if t.health else 0.0,
+            start_timeout_s=t.health.start_timeout_s if t.health else 0.0,
+            cpu=t.resources.cpu, memory_mb=t.resources.memory_mb,
+        )
+        for t in app.tiers
+    )
+
+
+def _app(
+    app: Application, net: EdgeNetwork, chosen: list[str], regions: dict[str, str]
+) -> tuple[AppPlan, list[Placement]]:
+    dist, sla, pricing = app.distribution, app.sla, net.pricing
+    n = len(chosen)
+    shares = divide(dist.global_max, [dist.min] * n, [dist.max] * n)
+    busy = instance_month(app, pricing, busy=True)
+    idle = instance_month(app, pricing, busy=False)
+    budget = app.budget.monthly.amount
+    affordable = int(budget // busy) if busy > 0 else sum(shares)
+    # Never below the minimum, nor below one per edgepoint: an app must be able
+    # to serve its first user; the month's spend is held by the budget (billing).
+    ceiling = min(max(affordable, dist.min * n, n), sum(shares))
+    ceilings = divide(ceiling, [dist.min] * n, shares)
+    high = busy * sum(shares)
+    cleave = app.cleave
+    origin = cleave.origin_url or net.origin
+    scaling = ScalingPolicy.model_construct(
+        min=dist.min, max=dist.max, users_per_instance=sla.users_per_instance,
+        max_response_ms=sla.max_response_ms, percentile=sla.percentile,
+        scale_down_below=sla.scale_down_below, idle_s=sla.idle_s, warm_pool=sla.warm_pool,
+        panic_factor=sla.panic_factor,
+    )
+    cur = pricing.currency
+    plan = AppPlan.model_construct(
+        name=app.name, version=app.version, owner=app.owner.id,
+        organisation=app.owner.organisation, vendor=app.vendor_name, priority=app.priority,
+        hosts=app.routing.hosts, path_prefix=app.routing.path_prefix,
+        source=app.source.path, install=app.source.install, trusted=app.source.trusted,
+        tiers=_tiers(app),
+        warmup=tuple(w.model_dump(mode="json") for w in app.warmup),
+        routes=_routes(app), default_route=cleave.default,
+        origin_url=str(origin) if origin else None, affinity=cleave.affinity,
+        edgepoints=tuple(chosen),
+        budget=Money(amount=budget, currency=cur),
+        estimate_low=Money(**money(idle * dist.min * n, cur).model_dump()),
+        estimate_high=Money(**money(high, cur).model_dump()),
+        cost_ceiling=ceiling,
+        within_budget=high <= budget,
+    )
+    placements = [
+        Placement.model_construct(
+            id=f"{app.name}/{ep}", app=app.name, version=app.version, owner=app.owner.id,
+            vendor=plan.vendor, edgepoint=ep, region=regions[ep], priority=app.priority,
+            scaling=scaling, global_share=share, cost_ceiling=cost, affinity=cleave.affinity,
+        )
+        for ep, share, cost in zip(chosen, shares, ceilings, strict=True)
+    ]
+    return plan, placements
+
