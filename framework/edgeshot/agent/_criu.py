@@ -1,0 +1,114 @@
+"""Finding CRIU and running it; the reason it cannot run is stated once.
+
+`make system` installs CRIU into the venv (scripts/setup.d/20-criu.sh) because
+Debian 12's 3.17 fails `criu check` on this kernel. EDGESHOT_CRIU overrides.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from ._sys import is_root, log
+
+MIN_VERSION = (4, 2)
+
+
+class CriuError(RuntimeError):
+    """CRIU failed; the message carries the relevant lines of its log."""
+
+
+class CriuStatus(BaseModel):
+    usable: bool
+    reason: str
+    path: str | None = None
+    version: str | None = None
+
+
+def criu_path() -> str | None:
+    env = os.environ.get("EDGESHOT_CRIU")
+    if env:
+        return env
+    venv = Path(sys.prefix) / "bin" / "criu"
+    if venv.exists():
+        return str(venv)
+    return shutil.which("criu") or next(
+        (p for p in ("/usr/local/sbin/criu", "/usr/sbin/criu") if Path(p).exists()), None
+    )
+
+
+@functools.cache
+def status() -> CriuStatus:
+    """Whether CRIU can checkpoint and restore here; logs the reason once if not."""
+    st = _probe()
+    if not st.usable:
+        log.warning("CRIU unavailable, instances will cold-start: %s", st.reason)
+    return st
+
+
+def _probe() -> CriuStatus:
+    if not is_root():
+        return CriuStatus(usable=False, reason="not root (CRIU and namespaces need root)")
+    path = criu_path()
+    if not path:
+        return CriuStatus(usable=False, reason="criu not installed (run `make system` as root)")
+    out = subprocess.run([path, "--version"], capture_output=True, text=True).stdout
+    m = re.search(r"Version:\s*(\d+)\.(\d+)(?:\.(\d+))?", out)
+    version = ".".join(g for g in m.groups() if g) if m else None
+    if not m or (int(m.group(1)), int(m.group(2))) < MIN_VERSION:
+        return CriuStatus(usable=False, path=path, version=version,
+                          reason=f"criu {version} at {path} is older than 4.2 (run `make system`)")
+    chk = subprocess.run([path, "check"], capture_output=True, text=True)
+    if chk.returncode != 0:
+        lines = (chk.stderr or chk.stdout).strip().splitlines()[-3:]
+        return CriuStatus(usable=False, path=path, version=version,
+                          reason="`criu check` fails: " + " | ".join(lines))
+    return CriuStatus(usable=True, path=path, version=version, reason="ok")
+
+
+def binary() -> str:
+    st = status()
+    if not st.usable or not st.path:
+        raise CriuError(f"CRIU unavailable: {st.reason}")
+    return st.path
+
+
+def log_errors(log_file: Path, limit: int = 8) -> str:
+    try:
+        lines = log_file.read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return "(no CRIU log)"
+    errs = [ln for ln in lines if "Error" in ln or "error" in ln]
+    return "\n".join((errs or lines)[-limit:])
+
+
+def run(
+    command: str,
+    args: Sequence[str],
+    *,
+    log_file: Path,
+    pass_fds: Sequence[int] = (),
+    preexec_fn=None,
+    timeout: float = 120,
+) -> None:
+    """Run ``criu COMMAND ARGS`` with its log in ``log_file``; raise CriuError on failure."""
+    cmd = [binary(), command, *args, "-o", str(log_file), "-v4" if os.environ.get("EDGESHOT_CRIU_DEBUG") else "-v2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, pass_fds=tuple(pass_fds),
+                          preexec_fn=preexec_fn, timeout=timeout)
+    if proc.returncode != 0:
+        raise CriuError(f"criu {command} failed (log {log_file}):\n{log_errors(log_file)}")
+
+
+def popen(command: str, args: Sequence[str], *, log_file: Path, pass_fds: Sequence[int] = (),
+          preexec_fn=None) -> subprocess.Popen[bytes]:
+    cmd = [binary(), command, *args, "-o", str(log_file), "-v2"]
+    return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, pass_fds=tuple(pass_fds), preexec_fn=preexec_fn)

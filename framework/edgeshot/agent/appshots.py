@@ -1,0 +1,234 @@
+"""Appshots: turn a running application into a signed frozen image, and back, fast.
+
+The public face of the agent's snapshot/restore machinery (DESIGN.md,
+"Instances are pods; appshots are their frozen images"). Everything a server
+holds lives under one state directory (``Host.state_dir``): pods, logs, keys,
+snapshots. Where CRIU cannot run (not root, ``criu check`` fails) instances
+cold-start from their source instead, and the reason is stated once.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+from . import _capture, _criu, _package, _pods, _restore
+from ._capture import NotRestorable
+from ._models import Instance, PodSpec, TierSpec, WarmupRequest
+from ._package import AppshotRejected, IncompatibleCPU, Manifest, TrustStore
+from ._slots import SlotPool
+from ._sys import is_root, log
+
+__all__ = [
+    "Host", "PodSpec", "TierSpec", "WarmupRequest", "Instance", "Manifest", "CaptureResult",
+    "AppshotRejected", "IncompatibleCPU", "NotRestorable", "capture", "restore", "start",
+    "snapshot", "stop", "list_instances", "verify", "criu_status", "pack", "unpack",
+]
+
+DEFAULT_STATE = Path(os.environ.get("EDGESHOT_STATE", "/var/lib/edgeshot" if is_root()
+                                    else Path.home() / ".local/state/edgeshot"))
+
+
+class Host(BaseModel):
+    """One server's agent configuration: where state lives and its pool of slots."""
+
+    model_config = ConfigDict(frozen=True)
+    state_dir: Path = DEFAULT_STATE
+    slot_prefix: str = "es"
+    slot_subnet: str = "10.213.0.0/24"
+    slots: int = 16
+
+    def pool(self) -> SlotPool | None:
+        """The slot pool (created on first use); None without root: no namespaces."""
+        if not is_root():
+            return None
+        pool = SlotPool(self.state_dir, prefix=self.slot_prefix, subnet=self.slot_subnet,
+                        size=self.slots)
+        pool.ensure()
+        return pool
+
+    @property
+    def key_path(self) -> Path:
+        return self.state_dir / "keys" / "server.key"
+
+    def key(self) -> _package.Ed25519PrivateKey:
+        """This server's signing key (made on first use, 0600): it signs its snapshots."""
+        if not self.key_path.exists():
+            self.key_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                _package.save_private_key(_package.generate_key(), self.key_path)
+            except _package.AppshotError:
+                pass  # made concurrently by another process
+        return _package.load_private_key(self.key_path)
+
+    def trust(self) -> TrustStore:
+        """Keys whose appshots this server restores: its own plus ``trusted.d/*.pub``."""
+        d = self.state_dir / "trusted.d"
+        store = TrustStore.from_dir(d) if d.is_dir() else TrustStore()
+        store.add(self.key())
+        return store
+
+
+class CaptureResult(BaseModel):
+    path: Path
+    manifest: Manifest
+    cold_start_ms: float
+    dump_ms: float
+    warmup_requests: int
+
+
+def criu_status() -> _criu.CriuStatus:
+    """Whether this server restores (CRIU usable) or cold-starts, and why."""
+    return _criu.status()
+
+
+def start(spec: PodSpec, host: Host = Host()) -> Instance:
+    """Cold-start an instance from its installed source (a pod in a slot when root)."""
+    return _pods.start(spec, host.state_dir, host.pool(),
+                       cold_reason=None if _criu.status().usable else _criu.status().reason)
+
+
+def capture(spec: PodSpec, dest: Path, host: Host = Host(), *,
+            key: _package.Ed25519PrivateKey | None = None, include_source: bool = True,
+            tarball: Path | None = None) -> CaptureResult:
+    """Start ``spec`` fresh, wait for health, warm it up, dump it into a signed appshot at
+    ``dest`` (atomically: ``dest`` appears complete or not at all).
+
+    Refuses (NotRestorable) what could not be restored, saying what to change.
+    """
+    st = _criu.status()
+    if not st.usable:
+        raise NotRestorable([f"CRIU unavailable: {st.reason}"])
+    dest = Path(dest)
+    if dest.exists():
+        raise FileExistsError(f"{dest} exists; appshots are immutable")
+    pool = host.pool()
+    inst = _pods.start(spec, host.state_dir, pool)
+    try:
+        sent = _pods.warm_up(inst, spec.warmup)
+        with _package.staging(dest) as stage:
+            meta = _capture.dump(inst, stage)
+            if include_source:
+                meta.source_included = _capture.copy_source(spec.source_dir,
+                                                            stage / _capture.SOURCE)
+            manifest = _capture.package(spec, stage, meta, key=key or host.key(),
+                                        kind="appshot")
+            _package.publish(stage, dest)
+    finally:
+        if _pods.pid_alive(inst.pid):
+            _pods.stop(inst, pool)
+        else:
+            _pods.release(inst, pool)
+    if tarball is not None:
+        _package.pack(dest, tarball)
+    return CaptureResult(path=dest, manifest=manifest, cold_start_ms=inst.ready_ms or 0,
+                         dump_ms=meta.dump_ms, warmup_requests=sent)
+
+
+def verify(appshot: Path, trust: TrustStore) -> Manifest:
+    """Signature, every checksum, file modes, then CPU compatibility; the manifest if all pass.
+
+    Raises AppshotRejected (untrusted/tampered) or IncompatibleCPU (genuine, wrong hardware).
+    """
+    manifest = _package.verify(appshot, trust)
+    _package.check_cpu(manifest)
+    return manifest
+
+
+def restore(appshot: Path, host: Host = Host(), *, trust: TrustStore | None = None,
+            lazy: bool = True, fallback: PodSpec | None = None,
+            fallback_trusted: bool = False) -> Instance:
+    """A new running instance from a verified appshot or snapshot, in a free slot.
+
+    Untrusted or incompatible appshots are refused; then, only when ``fallback`` (the
+    app's separately verified source) is given and ``fallback_trusted``, the instance
+    cold-starts from it instead. Without CRIU it cold-starts from ``fallback``, saying why.
+    """
+    st = _criu.status()
+    if not st.usable:
+        if fallback is None:
+            raise NotRestorable([f"CRIU unavailable ({st.reason}) and no source to cold-start"])
+        return _pods.start(fallback, host.state_dir, host.pool(), cold_reason=st.reason)
+    try:
+        manifest = verify(Path(appshot), trust or host.trust())
+    except (AppshotRejected, IncompatibleCPU) as exc:
+        if fallback is not None and fallback_trusted:
+            log.warning("appshot %s refused (%s); cold-starting from the trusted source",
+                        appshot, exc)
+            return _pods.start(fallback, host.state_dir, host.pool(), cold_reason=str(exc))
+        raise
+    pool = host.pool()
+    assert pool is not None
+    return _restore.restore(Path(appshot), manifest, host.state_dir, pool, lazy=lazy,
+                            origin=manifest.kind)
+
+
+def snapshot(inst: Instance, host: Host = Host(), dest: Path | None = None) -> Path:
+    """Scale to zero: dump a running instance (freeing its slot, memory and CPU) into a
+    snapshot signed with this server's own key; restoring it continues its state."""
+    pool = host.pool()
+    dest = Path(dest or host.state_dir / "snapshots" / f"{inst.id}-{int(time.time() * 1000)}")
+    try:
+        with _package.staging(dest) as stage:
+            meta = _capture.dump(inst, stage)
+            _capture.package(inst.spec, stage, meta, key=host.key(), kind="snapshot",
+                             instance=inst.id)
+            _package.publish(stage, dest)
+    finally:
+        if _pods.pid_alive(inst.pid):
+            _pods.stop(inst, pool)
+        else:
+            _pods.release(inst, pool)
+    return dest
+
+
+def stop(inst: Instance, host: Host = Host()) -> None:
+    """Stop an instance: SIGTERM its tiers, SIGKILL its PID 1, free slot and cgroup."""
+    _pods.stop(inst, host.pool())
+
+
+def list_instances(host: Host = Host()) -> list[Instance]:
+    """The instances this server runs (records whose pod init is gone are dropped)."""
+    out = []
+    for inst in _pods.list_instances(host.state_dir):
+        if _pods.pid_alive(inst.pid):
+            out.append(inst)
+        else:
+            _pods.release(inst, host.pool())
+    return out
+
+
+def list_appshots(root: Path) -> list[tuple[Path, Manifest]]:
+    """Appshots (and snapshots) under ``root`` with their (unverified) manifests."""
+    out = []
+    if root.is_dir():
+        for d in sorted(root.iterdir()):
+            m = d / _package.MANIFEST_NAME
+            if d.is_dir() and m.is_file() and not _package.is_staging_dir(d):
+                try:
+                    out.append((d, _package.parse_manifest(m.read_bytes())))
+                except AppshotRejected:
+                    continue
+    return out
+
+
+def pack(appshot: Path, tarball: Path) -> Path:
+    """A tarball of an appshot for transfer (manifest first)."""
+    return _package.pack(appshot, tarball)
+
+
+def unpack(tarball: Path, dest: Path, trust: TrustStore) -> Manifest:
+    """Extract and verify a tarball into ``dest`` (nothing appears unless it verifies)."""
+    return _package.unpack(tarball, dest, trust)
+
+
+def _tmpdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="edgeshot-"))
+
+
+_ = shutil
