@@ -18,6 +18,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -413,6 +414,27 @@ def test_server_key_signs_snapshots(tmp_path, keys, trust):
         pkg.verify(final, [keys["center"].public_key()])  # the center alone does not know it
 
 
+def test_build_takes_spec_like_tiers(tmp_path, keys, trust):
+    class SpecTier:  # any object with the fields, like edgeshot.spec's Tier
+        name, command, port, entry, env = "web", ("gunicorn", "app:app"), 9000, True, {"K": "v"}
+
+    final, m = make_appshot(
+        tmp_path,
+        keys["center"],
+        tiers=[SpecTier(), {"name": "w", "command": "python -m 'a b'", "reseed_signal": "SIGUSR2"}],
+    )
+    assert m.tiers[0].command == ("gunicorn", "app:app") and m.entry_port == 9000
+    assert m.tiers[1].command == ("python", "-m", "a b")
+    assert m.tiers[1].reseed_signal == "SIGUSR2"
+    assert b"env" not in (final / "manifest.json").read_bytes()  # env may hold secrets
+    with pytest.raises(AppshotError, match="cannot build"):
+        pkg.build(
+            stage_files(pkg.new_staging_dir(tmp_path / "y")),
+            key=keys["center"],
+            **build_kwargs(tiers=[{"name": "web", "command": []}]),
+        )
+
+
 def test_build_refuses_links_and_publish_refuses_unbuilt(tmp_path, keys):
     stage = stage_files(pkg.new_staging_dir(tmp_path / "x"))
     (stage / "link").symlink_to("images/inventory.img")
@@ -420,6 +442,29 @@ def test_build_refuses_links_and_publish_refuses_unbuilt(tmp_path, keys):
         pkg.build(stage, key=keys["center"], **build_kwargs())
     with pytest.raises(AppshotError, match="call build"):
         pkg.publish(stage, tmp_path / "x")
+
+
+def test_verify_cache_skips_rehash_only_while_nothing_changed(tmp_path, keys, trust, monkeypatch):
+    final, m = make_appshot(tmp_path, keys["center"])
+    fresh = pkg.VerifyCache()  # default settle time: just-written files are never cached
+    pkg.verify(final, trust, cache=fresh)
+    pkg.verify(final, trust, cache=fresh)
+    assert fresh.hits == 0
+
+    cache = pkg.VerifyCache(settle_s=0.05)
+    time.sleep(0.1)
+    assert pkg.verify(final, trust, cache=cache) == m
+    real_hash = pkg._hash_file
+    monkeypatch.setattr(pkg, "_hash_file", lambda p: pytest.fail(f"re-hashed {p}"))
+    assert pkg.verify(final, trust, cache=cache) == m
+    assert cache.hits == 1
+    with pytest.raises(AppshotRejected, match="untrusted signer"):  # revocation is immediate
+        pkg.verify(final, [keys["server"].public_key()], cache=cache)
+    monkeypatch.setattr(pkg, "_hash_file", real_hash)
+    _flip_byte(final / "images/pages-1.img")  # same size, new ctime
+    with pytest.raises(AppshotRejected, match="does not match its SHA-256"):
+        pkg.verify(final, trust, cache=cache)
+    assert cache.hits == 1
 
 
 # --------------------------------------------------------------------------- CPU
@@ -600,8 +645,12 @@ def test_cleanup_stale_ignores_appshots_and_other_entries(tmp_path, keys):
     final, _ = make_appshot(tmp_path, keys["center"])
     (tmp_path / ".hidden").mkdir()
     (tmp_path / ".shop-2.staging-999999999-abcdefabcdef").mkdir()  # dead pid
+    (tmp_path / f".shop-3.staging-{os.getpid()}-abcdefabcdef").mkdir()  # our pid, previous boot
     removed = pkg.cleanup_stale(tmp_path)
-    assert [p.name for p in removed] == [".shop-2.staging-999999999-abcdefabcdef"]
+    assert [p.name for p in removed] == [
+        ".shop-2.staging-999999999-abcdefabcdef",
+        f".shop-3.staging-{os.getpid()}-abcdefabcdef",
+    ]
     assert leftovers(tmp_path) == [".hidden", final.name]
     assert pkg.cleanup_stale(tmp_path / "absent") == []
 
@@ -735,6 +784,11 @@ EVIL = [
     ),
     ("no-manifest", lambda f: [], "no signed manifest.json"),
     (
+        "manifest-as-directory",
+        lambda f: [_info("manifest.json", type_=tarfile.DIRTYPE)],
+        "manifest.json is a directory",
+    ),
+    (
         "tampered-manifest",
         lambda f: [
             _info("manifest.json", (f / "manifest.json").read_bytes().replace(b"acme", b"evil")),
@@ -773,10 +827,13 @@ def test_unpack_untrusted_tarball(tmp_path, keys, trust):
     assert leftovers(tmp_path / "store") == []
 
 
+@pytest.mark.parametrize("suffix", [".tar.gz", ".tar.zst"])
 @pytest.mark.parametrize("cut", [100, 5000, -50])
-def test_unpack_truncated_tarball(tmp_path, keys, trust, cut):
+def test_unpack_truncated_tarball(tmp_path, keys, trust, cut, suffix):
+    if suffix == ".tar.zst" and pkg.tar_suffix() != ".tar.zst":
+        pytest.skip("zstd tool not installed")
     final, _ = make_appshot(tmp_path / "src", keys["center"])
-    tar = pkg.pack(final, tmp_path / "s.tar.gz")
+    tar = pkg.pack(final, tmp_path / f"s{suffix}")
     data = tar.read_bytes()
     tar.write_bytes(data[:cut])
     with pytest.raises(AppshotRejected, match="corrupt or truncated"):

@@ -40,10 +40,12 @@ import os
 import platform
 import re
 import secrets
+import shlex
 import shutil
 import stat
 import subprocess
 import tarfile
+import time
 import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
@@ -95,6 +97,7 @@ __all__ = [
     "build",
     "publish",
     "verify",
+    "VerifyCache",
     "cleanup_stale",
     "tar_suffix",
     "pack",
@@ -165,12 +168,32 @@ PageRange = tuple[Annotated[int, Field(ge=0)], Annotated[int, Field(ge=1)]]
 
 
 class Tier(_Frozen):
-    """One process group of the app inside the pod (plain data from the spec)."""
+    """One process of the pod, as restore needs it (plain data from the spec).
+
+    No env here on purpose: env may hold secrets, and the manifest is not secret.
+    """
 
     name: _Name
-    command: str | tuple[str, ...]
+    command: tuple[str, ...] = Field(min_length=1)
     port: _Port = 8000
     entry: bool = False
+    # Restored copies share their random state; this signal (e.g. "SIGUSR2") is
+    # sent to the tier after each restore so it reseeds. None: no such hook.
+    reseed_signal: str | None = None
+
+    @field_validator("command", mode="before")
+    @classmethod
+    def _split(cls, v: Any) -> Any:
+        return tuple(shlex.split(v)) if isinstance(v, str) else v
+
+    @classmethod
+    def of(cls, tier: Any) -> Tier:
+        """From a `Tier`, a mapping, or any object with the same attributes (spec tiers)."""
+        if isinstance(tier, Tier):
+            return tier
+        if isinstance(tier, Mapping):
+            return cls.model_validate(tier)
+        return cls(**{f: getattr(tier, f) for f in cls.model_fields if hasattr(tier, f)})
 
 
 class CpuInfo(_Frozen):
@@ -230,8 +253,8 @@ class Manifest(_Frozen):
     kind: Literal["appshot", "snapshot"]
     app: _Name
     version: _Name
-    owner: _Name
-    vendor: _Name
+    owner: str  # who is billed; "" only for local experiments
+    vendor: str  # who wrote the app (ISV usage); "" when unknown
     instance: str | None = None  # set for kind="snapshot": whose state this is
     tiers: tuple[Tier, ...] = Field(min_length=1)
     entry_port: _Port
@@ -419,7 +442,11 @@ def _raw_public(key: PublicKeyLike) -> bytes:
 
 
 def key_id(key: PublicKeyLike) -> str:
-    """Short public id of a key: first 16 hex digits of SHA-256 of the raw public key."""
+    """Short public id of a key: first 16 hex digits of SHA-256 of the raw public key.
+
+    Only an index into the trust store, never a credential: the signature is
+    always checked with the trusted key itself, so a colliding id gains nothing.
+    """
     return hashlib.sha256(_raw_public(key)).hexdigest()[:16]
 
 
@@ -674,6 +701,7 @@ def new_staging_dir(final_dir: str | os.PathLike[str]) -> Path:
     final.parent.mkdir(parents=True, exist_ok=True, mode=_DIR_MODE)
     path = final.parent / f".{final.name}.staging-{os.getpid()}-{secrets.token_hex(6)}"
     path.mkdir(mode=_DIR_MODE)
+    _OURS.add(path.name)
     os.chmod(path, _DIR_MODE)
     return path
 
@@ -696,9 +724,12 @@ def staging(final_dir: str | os.PathLike[str]) -> Iterator[Path]:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _pid_alive(pid: int) -> bool:
+_OURS: set[str] = set()  # staging dirs this process made (pids repeat after a reboot)
+
+
+def _in_use(name: str, pid: int) -> bool:
     if pid == os.getpid():
-        return True
+        return name in _OURS
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -722,7 +753,7 @@ def cleanup_stale(root: str | os.PathLike[str], *, force: bool = False) -> list[
         m = _STAGING_RE.match(p.name)
         if not m or p.is_symlink():
             continue
-        if not force and _pid_alive(int(m["pid"])):
+        if not force and _in_use(p.name, int(m["pid"])):
             continue
         if p.is_dir():
             shutil.rmtree(p)
@@ -743,7 +774,7 @@ def build(
     version: str,
     owner: str,
     vendor: str,
-    tiers: Iterable[Tier | Mapping[str, Any]],
+    tiers: Iterable[Tier | Mapping[str, Any] | Any],
     criu_version: str,
     kind: Literal["appshot", "snapshot"] = "appshot",
     entry_port: int | None = None,
@@ -780,7 +811,10 @@ def build(
         os.chmod(root / rel, _FILE_MODE, follow_symlinks=False)
         digest, size = _hash_file(root / rel)
         entries[rel] = FileEntry(sha256=digest, size=size, mode=_FILE_MODE)
-    tier_objs = tuple(t if isinstance(t, Tier) else Tier.model_validate(t) for t in tiers)
+    try:
+        tier_objs = tuple(Tier.of(t) for t in tiers)
+    except ValidationError as exc:
+        raise AppshotError(f"cannot build appshot {root}: {exc}") from None
     if entry_port is None:
         entry = [t for t in tier_objs if t.entry]
         entry_port = entry[0].port if entry else 0
@@ -859,6 +893,7 @@ def publish(staging_dir: str | os.PathLike[str], final_dir: str | os.PathLike[st
         if exc.errno == errno.EXDEV:
             raise AppshotError(f"{src} and {dst} are on different filesystems") from None
         raise
+    _OURS.discard(src.name)
     _fsync_dir(dst.parent)
     return dst
 
@@ -912,8 +947,48 @@ def _check_signature(
         raise AppshotRejected(f"manifest is invalid: {exc}", path=root) from None
 
 
+class VerifyCache:
+    """Opt-in memory of directories whose checksums this process has verified.
+
+    Hashing 100+ MB of images costs more than a lazy restore itself. An entry
+    is keyed by the exact manifest bytes and every entry's (inode, size,
+    mtime, ctime, mode, owner): any write, chmod, rename or replacement
+    changes ctime or the inode, which forces a full re-hash. The signature,
+    the file set and the modes are still checked on every `verify`, so a
+    revoked key takes effect at once. Not covered: silent disk corruption,
+    and root rewriting a file within the same clock tick (entries younger
+    than `settle_s` are never cached for that reason). Per process, never
+    persisted: a file on disk saying "verified" would be one more thing to forge.
+    """
+
+    def __init__(self, settle_s: float = 2.0) -> None:
+        self._entries: dict[Path, str] = {}
+        self._settle_ns = int(settle_s * 1e9)
+        self.hits = 0
+
+    def _fingerprint(
+        self, manifest_bytes: bytes, stats: Mapping[str, os.stat_result], now_ns: int
+    ) -> str | None:
+        if any(st.st_ctime_ns > now_ns - self._settle_ns for st in stats.values()):
+            return None  # too fresh to trust timestamps
+        h = hashlib.sha256(manifest_bytes)
+        for rel in sorted(stats):
+            st = stats[rel]
+            h.update(
+                f"{rel}\0{st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns}"
+                f" {st.st_ctime_ns} {st.st_mode} {st.st_uid}\n".encode()
+            )
+        return h.hexdigest()
+
+    def forget(self, appshot_dir: str | os.PathLike[str]) -> None:
+        self._entries.pop(Path(appshot_dir).resolve(), None)
+
+
 def verify(
-    appshot_dir: str | os.PathLike[str], trust: TrustStore | Iterable[PublicKeyLike]
+    appshot_dir: str | os.PathLike[str],
+    trust: TrustStore | Iterable[PublicKeyLike],
+    *,
+    cache: VerifyCache | None = None,
 ) -> Manifest:
     """Check that a directory is exactly what a trusted key signed; return its manifest.
 
@@ -921,10 +996,13 @@ def verify(
     manifest`), then the file set (missing/unexpected/non-regular), sizes,
     SHA-256 of every file, then modes and ownership (group/world readable
     images leak secrets; a dir another user owns can be changed after this
-    check). Does not check the CPU: call `check_cpu` too.
+    check). Empty directories are tolerated (no bytes to run). Does not check
+    the CPU: call `check_cpu` too. With `cache`, an unchanged directory
+    verified before skips the re-hash (see `VerifyCache`).
     """
     root = Path(appshot_dir)
     trust = TrustStore.coerce(trust)
+    now_ns = time.time_ns()
     try:
         rst = os.lstat(root)
     except FileNotFoundError:
@@ -949,12 +1027,19 @@ def verify(
     extra = sorted(present - set(manifest.files))
     if extra:
         raise AppshotRejected(f"unexpected file {extra[0]} (not in the manifest)", path=root)
+    key = root.resolve()
+    fingerprint = cache._fingerprint(manifest_bytes, {**dirs, **files}, now_ns) if cache else None
+    cached = (
+        cache is not None and fingerprint is not None and cache._entries.get(key) == fingerprint
+    )
+    if cache is not None and not cached:
+        cache._entries.pop(key, None)
     for rel, entry in sorted(manifest.files.items()):
         if files[rel].st_size != entry.size:
             raise AppshotRejected(
                 f"{rel} has {files[rel].st_size} bytes, the manifest says {entry.size}", path=root
             )
-    for rel, entry in sorted(manifest.files.items()):
+    for rel, entry in [] if cached else sorted(manifest.files.items()):
         digest, size = _hash_file(root / rel)
         if size != entry.size or digest != entry.sha256:
             raise AppshotRejected(
@@ -982,6 +1067,10 @@ def verify(
                 " between this check and the restore",
                 path=root,
             )
+    if cache is not None and fingerprint is not None:
+        if cached:
+            cache.hits += 1
+        cache._entries[key] = fingerprint
     return manifest
 
 
@@ -1163,6 +1252,8 @@ def _extract(src: Path, stage: Path, trust: TrustStore) -> None:
                 raise AppshotRejected(f"tar member {rel} appears twice")
             seen.add(rel)
             target = stage / rel
+            if m.isdir() and rel in _RESERVED:
+                raise AppshotRejected(f"tar member {rel} is a directory")
             if m.isdir():
                 target.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
                 continue
