@@ -373,6 +373,11 @@ TAMPER = [
     ("world-readable-dir", lambda f, k: (f / "images").chmod(0o755), "images has mode 0755"),
     ("world-readable-root", lambda f, k: f.chmod(0o711), ". has mode 0711"),
     (
+        "setuid-image",
+        lambda f, k: (f / "empty.img").chmod(0o4600),
+        "empty.img has mode 4600: setuid",
+    ),
+    (
         "mode-differs-from-manifest",
         lambda f, k: (f / "empty.img").chmod(0o400),
         "empty.img has mode 0400, the manifest says 0600",

@@ -1050,6 +1050,12 @@ def verify(
     for rel, st in sorted({**dirs, **files}.items()):
         name = rel or "."
         mode = stat.S_IMODE(st.st_mode)
+        if mode & 0o7000:
+            raise AppshotRejected(
+                f"{name} has mode {mode:04o}: setuid/setgid/sticky bits have no place in an"
+                " image restored as root",
+                path=root,
+            )
         if mode & 0o077:
             raise AppshotRejected(
                 f"{name} has mode {mode:04o}: images hold the app's memory and secrets and must"
@@ -1194,6 +1200,9 @@ def _open_tar(path: Path) -> Iterator[tarfile.TarFile]:
         try:
             with tarfile.open(fileobj=proc.stdout, mode="r|") as tf:
                 yield tf
+            proc.stdout.read()
+            if proc.wait() != 0:
+                raise tarfile.ReadError(f"zstd could not decompress it (exit {proc.returncode})")
         finally:
             proc.stdout.close()
             proc.kill()
@@ -1289,7 +1298,7 @@ def _extract(src: Path, stage: Path, trust: TrustStore) -> None:
                     if small is not None:
                         small += chunk
                 entry = manifest.files.get(rel) if manifest is not None else None
-                os.fchmod(fd, entry.mode if entry is not None else _FILE_MODE)
+                os.fchmod(fd, entry.mode & 0o700 if entry is not None else _FILE_MODE)
             finally:
                 os.close(fd)
             if rel == MANIFEST_NAME:
