@@ -11,8 +11,8 @@ from edgeshot.spec import (
     EdgepointIndex,
     Spec,
     instance_month,
-    money,
     region_info,
+    round_money,
     select_edgepoints,
 )
 from edgeshot.spec._routes import specificity, to_regex
@@ -27,12 +27,18 @@ from ._models import (
     ScalingPolicy,
     ServerPlan,
     TierPlan,
+    gc_paused,
 )
 from ._share import divide
 
 
 def compile_plan(spec: Spec) -> Plan:
     """Servers, edgepoints, apps and placements for `spec`; same spec, same plan."""
+    with gc_paused():
+        return _compile(spec)
+
+
+def _compile(spec: Spec) -> Plan:
     net = spec.network
     servers, edgepoints = _servers(net)
     controller = _controller(net)
@@ -47,7 +53,7 @@ def compile_plan(spec: Spec) -> Plan:
         placements.extend(app_placements)
     infra = sum((s.monthly_cost.amount for s in (*servers, controller)), Decimal(0))
     currency = CATALOGS[net.provider.kind].currency
-    return Plan.model_construct(
+    return Plan.from_trusted(
         format=1,
         network=net.name,
         provider=net.provider.kind,
@@ -84,7 +90,7 @@ def _servers(net: EdgeNetwork) -> tuple[list[ServerPlan], list[EdgepointPlan]]:
             name = f"{ep.name}-{k}"
             names.append(name)
             servers.append(
-                ServerPlan.model_construct(
+                ServerPlan.from_trusted(
                     name=name,
                     edgepoint=ep.name,
                     roles=("agent", "edge") if edge_host else ("agent",),
@@ -102,7 +108,7 @@ def _servers(net: EdgeNetwork) -> tuple[list[ServerPlan], list[EdgepointPlan]]:
             )
         region = region_info(net, ep.region)
         edgepoints.append(
-            EdgepointPlan.model_construct(
+            EdgepointPlan.from_trusted(
                 name=ep.name, region=ep.region, latitude=region.latitude, longitude=region.longitude,
                 location=ep.location, servers=tuple(names), edge_host=names[0],
                 slots=ep.servers * ep.slots_per_server,
@@ -116,7 +122,7 @@ def _controller(net: EdgeNetwork) -> ServerPlan:
     local = net.provider.kind == "local"
     price = catalog.server_types.get(net.controller.server_type)
     region = catalog.locations.get(net.controller.location, "local" if local else "")
-    return ServerPlan.model_construct(
+    return ServerPlan.from_trusted(
         name="controller",
         edgepoint=None,
         roles=("controller", "dispatcher"),
@@ -142,7 +148,7 @@ def _routes(app: Application) -> tuple[RoutePlan, ...]:
     # Most specific first; at equal specificity a named method beats '*'; then text order.
     routes.sort(key=lambda rt: (-specificity(rt[0].path), rt[0].method == "*", rt[0].path, rt[0].method))
     return tuple(
-        RoutePlan.model_construct(method=r.method, path=r.path, to=to, transactional=r.transactional,
+        RoutePlan.from_trusted(method=r.method, path=r.path, to=to, transactional=r.transactional,
                                   regex=to_regex(r.path))
         for r, to in routes
     )
@@ -151,7 +157,7 @@ def _routes(app: Application) -> tuple[RoutePlan, ...]:
 def _tiers(app: Application) -> tuple[TierPlan, ...]:
     entry = app.entry_tier.name
     return tuple(
-        TierPlan.model_construct(
+        TierPlan.from_trusted(
             name=t.name, command=t.command, port=t.port, env=dict(sorted(t.env.items())),
             secrets=t.secrets, entry=t.name == entry,
             health_path=t.health.path if t.health else None,
@@ -180,14 +186,14 @@ def _app(
     high = busy * sum(shares)
     cleave = app.cleave
     origin = cleave.origin_url or net.origin
-    scaling = ScalingPolicy.model_construct(
+    scaling = ScalingPolicy.from_trusted(
         min=dist.min, max=dist.max, users_per_instance=sla.users_per_instance,
         max_response_ms=sla.max_response_ms, percentile=sla.percentile,
         scale_down_below=sla.scale_down_below, idle_s=sla.idle_s, warm_pool=sla.warm_pool,
         panic_factor=sla.panic_factor,
     )
     cur = pricing.currency
-    plan = AppPlan.model_construct(
+    plan = AppPlan.from_trusted(
         name=app.name, version=app.version, owner=app.owner.id,
         organisation=app.owner.organisation, vendor=app.vendor_name, priority=app.priority,
         hosts=app.routing.hosts, path_prefix=app.routing.path_prefix,
@@ -197,14 +203,14 @@ def _app(
         routes=_routes(app), default_route=cleave.default,
         origin_url=str(origin) if origin else None, affinity=cleave.affinity,
         edgepoints=tuple(chosen),
-        budget=Money(amount=budget, currency=cur),
-        estimate_low=Money(**money(idle * dist.min * n, cur).model_dump()),
-        estimate_high=Money(**money(high, cur).model_dump()),
+        budget=Money.from_trusted(amount=budget, currency=cur),
+        estimate_low=Money.from_trusted(amount=round_money(idle * dist.min * n), currency=cur),
+        estimate_high=Money.from_trusted(amount=round_money(high), currency=cur),
         cost_ceiling=ceiling,
         within_budget=high <= budget,
     )
     placements = [
-        Placement.model_construct(
+        Placement.from_trusted(
             id=f"{app.name}/{ep}", app=app.name, version=app.version, owner=app.owner.id,
             vendor=plan.vendor, edgepoint=ep, region=regions[ep], priority=app.priority,
             scaling=scaling, global_share=share, cost_ceiling=cost, affinity=cleave.affinity,

@@ -12,10 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from ._models import Money, Plan, PlanModel
+from ._models import Money, Plan, PlanModel, gc_paused
 
 Kind = Literal["server", "controller", "edgepoint", "app", "placement", "network"]
-_ORDER = {"network": 0, "controller": 1, "server": 2, "edgepoint": 3, "app": 4, "placement": 5}
 
 
 class FieldChange(PlanModel):
@@ -59,13 +58,15 @@ def _signed(m: Money) -> str:
     return f"{sign}{abs(m.amount):.2f} {m.currency}"
 
 
-def _resources(plan: Plan) -> dict[tuple[str, str], BaseModel]:
-    out: dict[tuple[str, str], BaseModel] = {("controller", "controller"): plan.controller}
-    out |= {("server", s.name): s for s in plan.servers}
-    out |= {("edgepoint", e.name): e for e in plan.edgepoints}
-    out |= {("app", a.name): a for a in plan.apps}
-    out |= {("placement", p.id): p for p in plan.placements}
-    return out
+def _resources(plan: Plan) -> list[tuple[str, dict[str, BaseModel]]]:
+    """Resources by kind, in review order, keyed by what stays the same across changes."""
+    return [
+        ("controller", {"controller": plan.controller}),
+        ("server", {s.name: s for s in plan.servers}),
+        ("edgepoint", {e.name: e for e in plan.edgepoints}),
+        ("app", {a.name: a for a in plan.apps}),
+        ("placement", {p.id: p for p in plan.placements}),
+    ]
 
 
 def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
@@ -106,27 +107,34 @@ def _cost(model: BaseModel | None) -> Decimal:
     return money.amount if money else Decimal(0)
 
 
+def _change(kind: str, key: str, a: BaseModel | None, b: BaseModel | None) -> Change:
+    action = "add" if a is None else "remove" if b is None else "change"
+    da = a.model_dump(mode="json") if a is not None else None
+    db = b.model_dump(mode="json") if b is not None else None
+    delta = _cost(b) - _cost(a)
+    currency = (_money(a) or _money(b) or Money(amount=0, currency="")).currency
+    return Change(
+        action=action, kind=kind, id=key, fields=_fields(da, db),
+        monthly_delta=Money(amount=delta, currency=currency) if delta and currency else None,
+    )
+
+
 def diff(old: Plan, new: Plan) -> PlanDiff:
     """Added, changed and removed resources, field by field, with cost deltas."""
-    before, after = _resources(old), _resources(new)
+    with gc_paused():
+        return _diff(old, new)
+
+
+def _diff(old: Plan, new: Plan) -> PlanDiff:
     changes: list[Change] = []
     if old.pricing != new.pricing or old.provider != new.provider or old.network != new.network:
         head = {"network": old.network, "provider": old.provider, "pricing": old.pricing}
         tail = {"network": new.network, "provider": new.provider, "pricing": new.pricing}
         changes.append(Change(action="change", kind="network", id=new.network, fields=_fields(head, tail)))
-    for key in sorted(before.keys() | after.keys(), key=lambda k: (_ORDER[k[0]], k[1])):
-        a, b = before.get(key), after.get(key)
-        if a is not None and b is not None and a == b:
-            continue
-        action = "add" if a is None else "remove" if b is None else "change"
-        da = a.model_dump(mode="json") if a is not None else None
-        db = b.model_dump(mode="json") if b is not None else None
-        delta = _cost(b) - _cost(a)
-        currency = (_money(a) or _money(b) or Money(amount=0, currency="")).currency
-        changes.append(Change(
-            action=action, kind=key[0], id=key[1], fields=_fields(da, db),
-            monthly_delta=Money(amount=delta, currency=currency) if delta and currency else None,
-        ))
+    for (kind, before), (_, after) in zip(_resources(old), _resources(new), strict=True):
+        differing = [k for k, a in before.items() if after.get(k) != a]
+        differing += [k for k in after if k not in before]
+        changes += [_change(kind, k, before.get(k), after.get(k)) for k in sorted(differing)]
     infra = new.infrastructure_monthly.amount - old.infrastructure_monthly.amount
     apps = sum((c.monthly_delta.amount for c in changes if c.kind == "app" and c.monthly_delta), Decimal(0))
     return PlanDiff(

@@ -6,13 +6,52 @@ so that it can be committed, diffed and reviewed in a pull request.
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
+from contextlib import contextmanager
 from decimal import Decimal
+from typing import Self
 
 from pydantic import BaseModel, ConfigDict
 
 
 class PlanModel(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def __eq__(self, other: object) -> bool:
+        # Plans are compared resource by resource in `diff`; fields decide, nothing else.
+        if type(other) is not type(self):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    __hash__ = None  # type: ignore[assignment]
+
+    @classmethod
+    def from_trusted(cls, **fields: object) -> Self:
+        """Build from values the compiler has already validated, every field given.
+
+        A plan of 100,000 placements is built in well under a second this way;
+        `model_construct` re-resolves defaults per object and costs ~10x more.
+        """
+        obj = cls.__new__(cls)
+        object.__setattr__(obj, "__dict__", fields)
+        object.__setattr__(obj, "__pydantic_fields_set__", set(fields))
+        object.__setattr__(obj, "__pydantic_extra__", None)
+        object.__setattr__(obj, "__pydantic_private__", None)
+        return obj
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Building or comparing hundreds of thousands of acyclic objects: the cyclic
+    garbage collector would only rescan them over and over meanwhile."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 class Money(PlanModel):

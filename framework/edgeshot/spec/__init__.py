@@ -17,7 +17,7 @@ from pydantic import Field
 from ._base import Origin, SpecModel
 from ._catalog import CATALOGS, HOURS_PER_MONTH, REGIONS, SECONDS_PER_MONTH, RegionInfo, ServerType
 from ._checks import EdgepointIndex, region_info, region_names, select_edgepoints
-from ._cost import instance_month, money
+from ._cost import instance_month, money, round_money
 from ._load import Problem, SpecError, load_declaration
 from ._models import (
     AWS,
@@ -125,6 +125,7 @@ __all__ = [
     "load",
     "money",
     "region_info",
+    "round_money",
     "region_names",
     "select_edgepoints",
 ]

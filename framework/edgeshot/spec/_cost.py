@@ -33,6 +33,10 @@ def instance_month(app: Application, pricing: Pricing, *, busy: bool) -> Decimal
     return cost
 
 
+def round_money(amount: Decimal) -> Decimal:
+    """Cents, half to even: the rounding rule for every estimate."""
+    return amount.quantize(CENT, rounding=ROUND_HALF_EVEN)
+
+
 def money(amount: Decimal, currency: str) -> Money:
-    """Round to cents, half to even (the rounding rule for every estimate)."""
-    return Money(amount=amount.quantize(CENT, rounding=ROUND_HALF_EVEN), currency=currency)
+    return Money(amount=round_money(amount), currency=currency)
