@@ -60,6 +60,8 @@ def _probe() -> CriuStatus:
     path = criu_path()
     if not path:
         return CriuStatus(usable=False, reason="criu not installed (run `make system` as root)")
+    if not os.access(path, os.X_OK):
+        return CriuStatus(usable=False, path=path, reason=f"{path} is not an executable")
     out = subprocess.run([path, "--version"], capture_output=True, text=True).stdout
     m = re.search(r"Version:\s*(\d+)\.(\d+)(?:\.(\d+))?", out)
     version = ".".join(g for g in m.groups() if g) if m else None

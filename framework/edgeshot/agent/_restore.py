@@ -127,18 +127,22 @@ _SIGNALS = {s.name: s for s in signal.Signals}
 def reseed(inst: Instance) -> list[int]:
     """Send each tier's declared reseed signal to its processes (restored copies share their
     random state). Returns the pids signalled."""
-    wanted = {t.command: _SIGNALS[t.reseed_signal] for t in inst.spec.tiers if t.reseed_signal}
+    def norm(argv: tuple[str, ...]) -> tuple[str, ...]:
+        return (os.path.basename(argv[0]), *argv[1:]) if argv else argv
+
+    wanted = {norm(t.command): _SIGNALS[t.reseed_signal]
+              for t in inst.spec.tiers if t.reseed_signal}
     if not wanted:
         return []
     done = []
     for pid in pod_pids(inst)[1:]:
         try:
-            argv = tuple(a.decode() for a in
-                         Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0"))
+            argv = norm(tuple(a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes()
+                              .rstrip(b"\0").split(b"\0")))
         except FileNotFoundError:
             continue
         for cmd, sig in wanted.items():
-            if argv[-len(cmd):] == cmd or argv == cmd:
+            if argv == cmd or argv[-len(cmd) + 1:] == cmd[1:] and argv[0].startswith(cmd[0]):
                 os.kill(pid, sig)
                 done.append(pid)
     return done

@@ -232,3 +232,30 @@ def _tmpdir() -> Path:
 
 
 _ = shutil
+
+
+def pod_spec(app, source_dir: Path, *, secrets: dict[str, str] | None = None,
+             reseed_signal: str | None = None) -> PodSpec:
+    """Adapter from an ``edgeshot.spec.Application`` (with ``spec.source_dir(app)``).
+
+    ``secrets`` supplies the tiers' declared secret env vars at run time (never stored in
+    manifests). ``reseed_signal`` is sent to every tier after a restore (the examples use
+    SIGUSR2); None when the app declares no reseed hook.
+    """
+    tiers = []
+    for t in app.tiers:
+        env = dict(t.env)
+        for name in getattr(t, "secrets", ()):
+            if secrets and name in secrets:
+                env[name] = secrets[name]
+        h = t.health
+        tiers.append(TierSpec(
+            name=t.name, command=tuple(t.command), port=t.port, env=env, entry=t.entry,
+            health_path=h.path if h else None, health_timeout_s=h.timeout_s if h else 2.0,
+            start_timeout_s=h.start_timeout_s if h else 30.0, cpu=t.resources.cpu,
+            memory_mb=t.resources.memory_mb, reseed_signal=reseed_signal))
+    return PodSpec(
+        app=app.name, version=app.version, owner=app.owner.id, vendor=app.vendor or "",
+        source_dir=Path(source_dir), tiers=tuple(tiers),
+        warmup=tuple(WarmupRequest(method=w.method, path=w.path, count=w.count, body=w.body,
+                                   headers=dict(w.headers)) for w in app.warmup))
