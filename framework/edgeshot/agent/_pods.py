@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -368,11 +369,5 @@ def release(inst: Instance, pool: SlotPool | None) -> None:
     if pool is not None and inst.slot:
         pool.release(pool.slot(int(inst.slot.rsplit("slot", 1)[1])))
     (inst.pod_dir / "pod.json").unlink(missing_ok=True)
-    for f in inst.pod_dir.glob("*"):
-        if f.is_file():
-            f.unlink()
-    try:
-        inst.pod_dir.rmdir()
-    except OSError:
-        pass
+    shutil.rmtree(inst.pod_dir, ignore_errors=True)
     reap()
