@@ -30,6 +30,8 @@ from edgeshot.plan import (
 )
 from edgeshot.spec import Spec, SpecError, load
 
+from . import appshot
+
 app = typer.Typer(
     name="edgeshot",
     help="Infrastructure as code for on-demand application processing at the edge.",
@@ -37,6 +39,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+app.add_typer(appshot.app, name="appshot")
+
 out = Console()
 err = Console(stderr=True)
 
