@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from ._sys import CommandError, pid_alive, run, write_json
 
 NETNS_DIR = Path("/run/netns")
+_ENSURED: set[tuple[str, str, int]] = set()  # pools this process has already set up
 
 
 class Slot(BaseModel, frozen=True):
@@ -68,8 +69,12 @@ class SlotPool:
         return [self.slot(i) for i in range(self.size)]
 
     # -- set-up and tear-down -------------------------------------------------
-    def ensure(self) -> None:
-        """Create the bridge and every slot that is missing (idempotent)."""
+    def ensure(self, *, force: bool = False) -> None:
+        """Create the bridge and every slot that is missing (idempotent; once per process
+        unless ``force``: a restore must not pay for a dozen ``ip`` commands)."""
+        key = (self.prefix, str(self.net), self.size)
+        if key in _ENSURED and not force and NETNS_DIR.joinpath(self.slot(0).name).exists():
+            return
         if run(["ip", "link", "show", self.bridge], check=False).returncode != 0:
             run(["ip", "link", "add", self.bridge, "type", "bridge"])
         addr = f"{self.gateway}/{self.net.prefixlen}"
@@ -78,6 +83,7 @@ class SlotPool:
         run(["ip", "link", "set", self.bridge, "up"])
         for s in self.slots():
             self._ensure_slot(s)
+        _ENSURED.add(key)
 
     def _ensure_slot(self, s: Slot) -> None:
         if s.netns_path.exists() and run(["ip", "-n", s.name, "link", "show", "eth0"],
@@ -104,6 +110,7 @@ class SlotPool:
         for s in self.slots():
             self._remove_slot(s)
         run(["ip", "link", "del", self.bridge], check=False)
+        _ENSURED.discard((self.prefix, str(self.net), self.size))
 
     # -- allocation -------------------------------------------------------------
     @contextmanager
