@@ -16,7 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from . import _criu, _package
-from ._models import Instance, PodSpec
+from ._models import Instance, PodSpec, WarmupRequest
 from ._sys import ns_inode, run, write_json
 
 RESTORE_META = "restore.json"
@@ -170,6 +170,29 @@ def dump(inst: Instance, dest: Path, *, wait_connections_s: float = 2.0) -> Rest
                                                        for t in inst.spec.tiers)})
     meta = RestoreMeta(spec=spec, pipes=pipes, tcp_established=tcp, dump_ms=dump_ms)
     return meta
+
+
+def record_working_set(stage: Path, spec: PodSpec, state_dir: Path, pool) -> dict:
+    """Test-restore the fresh images lazily, replay the warm-up, log the faults served and
+    mark those pages non-lazy (DESIGN.md: REAP's working set without soft-dirty tracking)."""
+    from . import _pods, _restore, _workingset
+    from ._sys import wait_gone
+    inst = _restore.restore(stage, None, state_dir, pool, lazy=True, record_faults=True)
+    try:
+        _pods.warm_up(inst, spec.warmup or (WarmupRequest(path=spec.entry.health_path or "/"),))
+    finally:
+        log_file = inst.criu_work / "lazy-pages.log" if inst.criu_work else None
+        text_holder = [""]
+        if inst.lazy_pid:
+            _pods.stop(inst, pool, grace_s=0.0, keep_dir=True)
+            wait_gone(inst.lazy_pid, 10)
+        else:
+            _pods.stop(inst, pool, grace_s=0.0, keep_dir=True)
+        if log_file and log_file.exists():
+            text_holder[0] = log_file.read_text(errors="replace")
+        shutil.rmtree(inst.pod_dir, ignore_errors=True)
+    faults = _workingset.faults_from_log(text_holder[0])
+    return _workingset.mark_eager(stage / IMAGES, faults)
 
 
 def unlock_slot(slot: str) -> None:

@@ -110,7 +110,7 @@ def run(
 
 
 def popen(command: str, args: Sequence[str], *, log_file: Path, pass_fds: Sequence[int] = (),
-          preexec_fn=None) -> subprocess.Popen[bytes]:
-    cmd = [binary(), command, *args, "-o", str(log_file), "-v2"]
+          preexec_fn=None, verbosity: int = 2) -> subprocess.Popen[bytes]:
+    cmd = [binary(), command, *args, "-o", str(log_file), f"-v{verbosity}"]
     return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, pass_fds=tuple(pass_fds), preexec_fn=preexec_fn)

@@ -109,6 +109,7 @@ class Instance(BaseModel):
     cold_reason: str | None = None  # why this instance was cold-started, when it was
     restore_ms: float | None = None  # `criu restore` alone
     lazy: bool = False
+    lazy_pid: int | None = None  # the lazy-pages daemon serving this instance, while it runs
     criu_work: Path | None = None  # CRIU's logs of the restore (lazy-pages.log when lazy)
     pipes: dict[str, str] = {}  # tier -> "pipe:[inode]" its stdout/stderr write to (for dumps)
     spec: PodSpec

@@ -340,7 +340,8 @@ def list_instances(state_dir: Path) -> list[Instance]:
     return out
 
 
-def stop(inst: Instance, pool: SlotPool | None, *, grace_s: float = 2.0) -> None:
+def stop(inst: Instance, pool: SlotPool | None, *, grace_s: float = 2.0,
+         keep_dir: bool = False) -> None:
     """SIGTERM the tiers, then SIGKILL the pod's PID 1 (which ends the PID namespace)."""
     pids = pod_pids(inst)
     for pid in pids[1:]:
@@ -359,15 +360,16 @@ def stop(inst: Instance, pool: SlotPool | None, *, grace_s: float = 2.0) -> None
             pass
     if not wait_gone(inst.pid, 10):
         log.warning("pod %s init %d did not exit", inst.id, inst.pid)
-    release(inst, pool)
+    release(inst, pool, keep_dir=keep_dir)
 
 
-def release(inst: Instance, pool: SlotPool | None) -> None:
+def release(inst: Instance, pool: SlotPool | None, *, keep_dir: bool = False) -> None:
     """Free what a pod held once its processes are gone (cgroup, slot, record)."""
     if inst.cgroup:
         PodCgroup(inst.cgroup).remove()
     if pool is not None and inst.slot:
         pool.release(pool.slot(int(inst.slot.rsplit("slot", 1)[1])))
     (inst.pod_dir / "pod.json").unlink(missing_ok=True)
-    shutil.rmtree(inst.pod_dir, ignore_errors=True)
+    if not keep_dir:
+        shutil.rmtree(inst.pod_dir, ignore_errors=True)
     reap()

@@ -45,9 +45,13 @@ def ensure_source(appshot_dir: Path, meta: RestoreMeta) -> None:
     os.replace(tmp, src)
 
 
-def restore(appshot_dir: Path, manifest: _package.Manifest, state_dir: Path, pool: SlotPool,
-            *, lazy: bool = False, origin: str = "appshot") -> Instance:
-    """Restore a *verified* appshot dir into a new pod; returns when it is healthy."""
+def restore(appshot_dir: Path, manifest: _package.Manifest | None, state_dir: Path,
+            pool: SlotPool, *, lazy: bool = False, origin: str = "appshot",
+            record_faults: bool = False) -> Instance:
+    """Restore a *verified* appshot dir into a new pod; returns when it is healthy.
+
+    ``record_faults`` (capture only): the lazy-pages daemon logs every fault it serves,
+    to record the working set."""
     meta = read_meta(appshot_dir)
     ensure_source(appshot_dir, meta)
     spec = meta.spec
@@ -73,7 +77,8 @@ def restore(appshot_dir: Path, manifest: _package.Manifest, state_dir: Path, poo
             args += ["--network-lock", "skip"]  # nothing to freeze: the slot is fresh
         if lazy:
             lazy_proc = _criu.popen("lazy-pages", ["-D", str(images), "-W", str(work)],
-                                    log_file=work / "lazy-pages.log")
+                                    log_file=work / "lazy-pages.log",
+                                    verbosity=4 if record_faults else 2)
             _wait_socket(work / "lazy-pages.socket", lazy_proc)
             args.append("--lazy-pages")
         _criu.run("restore", args, log_file=work / "restore.log",
@@ -87,7 +92,8 @@ def restore(appshot_dir: Path, manifest: _package.Manifest, state_dir: Path, poo
             origin=origin, address=p.slot.address, port=spec.entry.port, slot=p.slot.name,
             pid=init_pid, started=datetime.now(UTC), cgroup=p.cgroup.name if p.cgroup else None,
             pod_dir=p.pod_dir, log_dir=p.log_dir, namespaces=True, spec=spec, pipes=p.pipes,
-            restore_ms=restore_ms, lazy=lazy, criu_work=work)
+            restore_ms=restore_ms, lazy=lazy, criu_work=work,
+            lazy_pid=lazy_proc.pid if lazy_proc else None)
         save(inst)
         wait_healthy(inst, tiers=(spec.entry,))
         inst.ready_ms = (time.monotonic() - t0) * 1000

@@ -95,7 +95,7 @@ def start(spec: PodSpec, host: Host = Host()) -> Instance:
 
 def capture(spec: PodSpec, dest: Path, host: Host = Host(), *,
             key: _package.Ed25519PrivateKey | None = None, include_source: bool = True,
-            tarball: Path | None = None) -> CaptureResult:
+            tarball: Path | None = None, working_set: bool = True) -> CaptureResult:
     """Start ``spec`` fresh, wait for health, warm it up, dump it into a signed appshot at
     ``dest`` (atomically: ``dest`` appears complete or not at all).
 
@@ -116,8 +116,12 @@ def capture(spec: PodSpec, dest: Path, host: Host = Host(), *,
             if include_source:
                 meta.source_included = _capture.copy_source(spec.source_dir,
                                                             stage / _capture.SOURCE)
+            ws = {}
+            if working_set:
+                _capture.write_json(stage / _capture.RESTORE_META, meta.model_dump(mode="json"))
+                ws = _capture.record_working_set(stage, spec, host.state_dir, pool)
             manifest = _capture.package(spec, stage, meta, key=key or host.key(),
-                                        kind="appshot")
+                                        kind="appshot", working_set=ws)
             _package.publish(stage, dest)
     finally:
         if _pods.pid_alive(inst.pid):
