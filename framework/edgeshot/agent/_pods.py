@@ -174,9 +174,11 @@ def start(spec: PodSpec, state_dir: Path, pool: SlotPool | None, *,
         script = _init_script(spec, ports, rewrite)
         env = {"PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"), "ES_INIT": script,
                "LANG": os.environ.get("LANG", "C.UTF-8")}
-        prefix = (["nsenter", f"--net={p.slot.netns_path}", "unshare", "--pid", "--fork"]
-                  if p.slot else [])
-        argv = [*prefix, "setsid", "sh", "-c", 'eval "$ES_INIT"']
+        # In a pod, setsid makes PID 1 a session leader (CRIU dumps no foreign session);
+        # without namespaces start_new_session does it (setsid there would fork and exit).
+        prefix = (["nsenter", f"--net={p.slot.netns_path}", "unshare", "--pid", "--fork",
+                   "setsid"] if p.slot else [])
+        argv = [*prefix, "sh", "-c", 'eval "$ES_INIT"']
         fds = p.write_fds
 
         def preexec() -> None:

@@ -1,0 +1,50 @@
+"""Without root there is no CRIU and no namespaces: instances cold-start and say why.
+
+Runs as any user: as root, the agent is made to see an unprivileged uid.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import pytest
+from agent_apps import HELLO
+
+from edgeshot.agent import _criu
+from edgeshot.agent import appshots as A
+from edgeshot.agent._sys import http_request
+
+
+@pytest.fixture
+def unprivileged(monkeypatch):
+    monkeypatch.setattr(os, "geteuid", lambda: 65534)
+    _criu.status.cache_clear()
+    yield
+    monkeypatch.undo()
+    _criu.status.cache_clear()
+
+
+def test_without_root_instances_cold_start_and_say_why(unprivileged, tmp_path, caplog):
+    host = A.Host(state_dir=tmp_path)
+    spec = A.PodSpec(app="hello", version="1", source_dir=HELLO,
+                     tiers=(A.TierSpec(name="web", command=("python3", "app.py"), entry=True),))
+    with caplog.at_level(logging.WARNING, logger="edgeshot.agent"):
+        st = A.criu_status()
+        A.criu_status()
+    assert not st.usable and "not root" in st.reason
+    said = [r.getMessage() for r in caplog.records if "cold-start" in r.getMessage()]
+    assert said == [f"CRIU unavailable, instances will cold-start: {st.reason}"]  # once
+    assert host.pool() is None
+    inst = A.start(spec, host)
+    try:
+        assert not inst.namespaces and inst.slot is None and "not root" in inst.cold_reason
+        assert inst.port != 8000  # each instance on its own free port through $PORT
+        assert http_request(inst.address, inst.port, "/") == (200, b"hello from edgeshot #1\n")
+        with pytest.raises(A.NotRestorable, match="CRIU unavailable"):
+            A.capture(spec, tmp_path / "shot", host)
+    finally:
+        A.stop(inst, host)
+    assert A.list_instances(host) == []
+    assert not os.path.exists(f"/proc/{inst.pid}") or \
+        open(f"/proc/{inst.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
