@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 from decimal import Decimal
+from ipaddress import IPv4Address, IPv4Network
 
 from edgeshot.spec import (
     CATALOGS,
@@ -40,7 +42,8 @@ def compile_plan(spec: Spec) -> Plan:
 
 def _compile(spec: Spec) -> Plan:
     net = spec.network
-    servers, edgepoints = _servers(net)
+    private = _PrivateNetworks(net)
+    servers, edgepoints = _servers(net, private)
     controller = _controller(net)
     index = EdgepointIndex(net)
     regions = {e.name: e.region for e in net.edgepoints}
@@ -64,6 +67,10 @@ def _compile(spec: Spec) -> Plan:
         apps=tuple(apps),
         placements=tuple(placements),
         infrastructure_monthly=Money(amount=infra, currency=currency),
+        image=None if net.provider.kind == "local" else net.provider.image,
+        operators=tuple(str(o) for o in net.operators),
+        private_network=private.block,
+        controller_subnet=private.subnet("controller"),
     )
 
 
@@ -72,7 +79,9 @@ def _local_address(edgepoint_number: int, server_number: int) -> str:
     return f"127.{edgepoint_number >> 8}.{edgepoint_number & 255}.{server_number}"
 
 
-def _servers(net: EdgeNetwork) -> tuple[list[ServerPlan], list[EdgepointPlan]]:
+def _servers(
+    net: EdgeNetwork, private: _PrivateNetworks
+) -> tuple[list[ServerPlan], list[EdgepointPlan]]:
     catalog = CATALOGS[net.provider.kind]
     local = net.provider.kind == "local"
     http = net.provider.http_port if local else net.ports.http
@@ -81,6 +90,7 @@ def _servers(net: EdgeNetwork) -> tuple[list[ServerPlan], list[EdgepointPlan]]:
     edgepoints: list[EdgepointPlan] = []
     for number, ep in enumerate(net.edgepoints, start=1):
         price = catalog.server_types.get(ep.server_type)
+        private_subnet = private.subnet(f"edgepoint/{ep.name}")
         names = []
         for k in range(1, ep.servers + 1):
             edge_host = k == 1
@@ -104,6 +114,7 @@ def _servers(net: EdgeNetwork) -> tuple[list[ServerPlan], list[EdgepointPlan]]:
                     slots=ep.slots_per_server,
                     monthly_cost=Money(amount=price.monthly if price else Decimal(0),
                                        currency=catalog.currency),
+                    private_address=private.address(private_subnet, k),
                 )
             )
         region = region_info(net, ep.region)
@@ -111,7 +122,7 @@ def _servers(net: EdgeNetwork) -> tuple[list[ServerPlan], list[EdgepointPlan]]:
             EdgepointPlan.from_trusted(
                 name=ep.name, region=ep.region, latitude=region.latitude, longitude=region.longitude,
                 location=ep.location, servers=tuple(names), edge_host=names[0],
-                slots=ep.servers * ep.slots_per_server,
+                slots=ep.servers * ep.slots_per_server, private_subnet=private_subnet,
             )
         )
     return servers, edgepoints
@@ -140,7 +151,64 @@ def _controller(net: EdgeNetwork) -> ServerPlan:
         slot_subnet=None,
         slots=0,
         monthly_cost=Money(amount=price.monthly if price else Decimal(0), currency=catalog.currency),
+        private_address=None,
     )
+
+
+# --- private networks (cloud providers) ------------------------------------------
+# Provisioning gives every edgepoint (and the controller) a network of its own: a
+# Hetzner network, an AWS VPC, a DigitalOcean VPC. Their subnets are chosen here so
+# that a reviewer sees them in the plan and the stacks never re-derive them.
+
+_RFC1918 = (IPv4Network("10.0.0.0/8"), IPv4Network("172.16.0.0/12"), IPv4Network("192.168.0.0/16"))
+PRIVATE_PREFIX = 22  # room for an edgepoint's 1,000 servers plus what the clouds reserve
+PRIVATE_OFFSET = 10  # a subnet's first server address: above what Hetzner, AWS and DO reserve
+_ASSIGNS_OWN_ADDRESSES = {"local", "digitalocean"}  # no fixed private address to plan
+
+
+class _PrivateNetworks:
+    """Each edgepoint's /22, from the largest free piece of the RFC 1918 block that holds
+    the slot network, at a slot chosen by a hash of the network's and the edgepoint's
+    names (linear probing on a collision): adding or removing an edgepoint leaves the
+    others' subnets, hence their networks and servers, as they are. DigitalOcean also
+    refuses VPC ranges that overlap within an account; the network's name in the hash
+    keeps two edgeshot networks of one account apart (barring a hash collision).
+    """
+
+    def __init__(self, net: EdgeNetwork) -> None:
+        self.network = net.name
+        self.block: str | None = None
+        self._base = 0
+        self._slots = 0
+        self._used: set[int] = set()
+        self._pinned = net.provider.kind not in _ASSIGNS_OWN_ADDRESSES
+        if net.provider.kind == "local":
+            return
+        block = next((b for b in _RFC1918 if net.slot_network.subnet_of(b)), None)
+        if block is None:
+            return
+        self.block = str(block)
+        free = sorted(block.address_exclude(net.slot_network),
+                      key=lambda n: (-n.num_addresses, int(n.network_address)))
+        if free and free[0].prefixlen <= PRIVATE_PREFIX:
+            self._base = int(free[0].network_address)
+            self._slots = free[0].num_addresses >> (32 - PRIVATE_PREFIX)
+
+    def subnet(self, key: str) -> str | None:
+        if not self._slots or len(self._used) >= self._slots:
+            return None
+        digest = hashlib.sha256(f"{self.network}/{key}".encode()).digest()
+        slot = int.from_bytes(digest[:8], "big") % self._slots
+        while slot in self._used:
+            slot = (slot + 1) % self._slots
+        self._used.add(slot)
+        return f"{IPv4Address(self._base + (slot << (32 - PRIVATE_PREFIX)))}/{PRIVATE_PREFIX}"
+
+    def address(self, subnet: str | None, number: int) -> str | None:
+        """Server `number` (1-based) of an edgepoint: its fixed private address."""
+        if subnet is None or not self._pinned:
+            return None
+        return str(IPv4Network(subnet).network_address + PRIVATE_OFFSET + number - 1)
 
 
 def _routes(app: Application) -> tuple[RoutePlan, ...]:

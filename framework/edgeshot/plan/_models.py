@@ -77,6 +77,9 @@ class ServerPlan(PlanModel):
     slot_subnet: str | None
     slots: int
     monthly_cost: Money
+    # Provisioning: the server's fixed address on its edgepoint's private network, where the
+    # cloud lets us choose it (Hetzner, AWS); None on DigitalOcean (the VPC assigns it) and locally.
+    private_address: str | None = None
 
 
 class EdgepointPlan(PlanModel):
@@ -88,6 +91,9 @@ class EdgepointPlan(PlanModel):
     servers: tuple[str, ...]
     edge_host: str  # the server that runs the edge process (HAProxy, activator, resource manager)
     slots: int
+    # Provisioning: the edgepoint's private subnet (its own network/VPC) on a cloud; None locally
+    # or when `Plan.private_network` has no room left.
+    private_subnet: str | None = None
 
 
 class ScalingPolicy(PlanModel):
@@ -184,6 +190,14 @@ class Plan(PlanModel):
     apps: tuple[AppPlan, ...]
     placements: tuple[Placement, ...]
     infrastructure_monthly: Money
+    # Provisioning (cloud providers; empty/None on the local network):
+    image: str | None = None  # the provider's OS image for every server
+    operators: tuple[str, ...] = ()  # CIDRs that may reach the servers over SSH
+    # The RFC 1918 block holding the slot network and every edgepoint's private subnet (a cloud
+    # network must span its subnet and the slot subnets it routes); None if the slot network is
+    # not inside one.
+    private_network: str | None = None
+    controller_subnet: str | None = None  # the controller's own private subnet (AWS needs a VPC)
 
     def app(self, name: str) -> AppPlan:
         for app in self.apps:
