@@ -46,5 +46,7 @@ def test_without_root_instances_cold_start_and_say_why(unprivileged, tmp_path, c
     finally:
         A.stop(inst, host)
     assert A.list_instances(host) == []
+    with pytest.raises(ProcessLookupError):  # nothing of the instance's process group is left
+        os.killpg(inst.pid, 0)
     assert not os.path.exists(f"/proc/{inst.pid}") or \
         open(f"/proc/{inst.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"

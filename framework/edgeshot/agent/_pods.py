@@ -206,7 +206,8 @@ def start(spec: PodSpec, state_dir: Path, pool: SlotPool | None, *,
         save(inst)
         return inst
     except BaseException:
-        _kill_tree(p, locals().get("init_pid"))
+        launcher_pid = locals().get("launcher").pid if "launcher" in locals() else None
+        _kill_tree(p, locals().get("init_pid"), group=None if p.slot else launcher_pid)
         p.abort()
         raise
 
@@ -228,7 +229,12 @@ def _pod_init(launcher: subprocess.Popen[bytes], timeout: float = 5.0) -> int:
     raise PodError("pod init did not appear")
 
 
-def _kill_tree(p: Plumbing, init_pid: int | None) -> None:
+def _kill_tree(p: Plumbing, init_pid: int | None, group: int | None = None) -> None:
+    if group:  # without namespaces the instance is its own process group
+        try:
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
     if init_pid:
         try:
             os.kill(init_pid, signal.SIGKILL)
@@ -359,6 +365,11 @@ def stop(inst: Instance, pool: SlotPool | None, *, grace_s: float = 2.0,
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
+            pass
+    if not inst.namespaces:  # its own process group: also what escaped the tree
+        try:
+            os.killpg(inst.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
             pass
     if not wait_gone(inst.pid, 10):
         log.warning("pod %s init %d did not exit", inst.id, inst.pid)
