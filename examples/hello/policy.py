@@ -33,7 +33,7 @@ hello = Application(
     owner=Owner(id="me"),
     routing=Routing(path_prefix="/"),
     source=Source(path="."),
-    tiers=(Tier(name="web", command="python3 app.py"),),
+    tiers=(Tier(name="web", command="python3 app.py", reseed_signal="SIGUSR2"),),
     distribution=Distribution(min=0, max=2),
     sla=SLA(max_response_ms=100, users_per_instance=10),
     budget=Budget(monthly="5 EUR"),

@@ -44,6 +44,7 @@ def shop(regions: list[str], budget: str, origin_url: str) -> Application:
                 port=8000,
                 env=STORE,
                 entry=True,
+                reseed_signal="SIGUSR2",
                 resources=Resources(cpu="0.5", memory_mb=128),
             ),
             Tier(
@@ -51,6 +52,7 @@ def shop(regions: list[str], budget: str, origin_url: str) -> Application:
                 command="python3 store.py",
                 port=7001,
                 env=STORE,
+                reseed_signal="SIGUSR2",
                 resources=Resources(cpu="0.25", memory_mb=64),
             ),
         ),

@@ -10,7 +10,6 @@ cold-start from their source instead, and the reason is stated once.
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -271,7 +270,6 @@ def _tmpdir() -> Path:
     return Path(tempfile.mkdtemp(prefix="edgeshot-"))
 
 
-_ = shutil
 
 
 def pod_spec(app, source_dir: Path, *, secrets: dict[str, str] | None = None,
@@ -290,12 +288,13 @@ def pod_spec(app, source_dir: Path, *, secrets: dict[str, str] | None = None,
                 env[name] = secrets[name]
         h = t.health
         tiers.append(TierSpec(
-            name=t.name, command=tuple(t.command), port=t.port, env=env, entry=t.entry,
+            name=t.name, command=tuple(t.command), port=t.port, env=env, entry=t.name == app.entry_tier.name,
             health_path=h.path if h else None, health_timeout_s=h.timeout_s if h else 2.0,
             start_timeout_s=h.start_timeout_s if h else 30.0, cpu=t.resources.cpu,
-            memory_mb=t.resources.memory_mb, reseed_signal=reseed_signal))
+            memory_mb=t.resources.memory_mb,
+            reseed_signal=reseed_signal or getattr(t, "reseed_signal", None)))
     return PodSpec(
-        app=app.name, version=app.version, owner=app.owner.id, vendor=app.vendor or "",
+        app=app.name, version=app.version, owner=app.owner.id, vendor=app.vendor_name,
         source_dir=Path(source_dir), tiers=tuple(tiers),
         warmup=tuple(WarmupRequest(method=w.method, path=w.path, count=w.count, body=w.body,
                                    headers=dict(w.headers)) for w in app.warmup))

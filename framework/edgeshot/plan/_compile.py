@@ -227,7 +227,7 @@ def _tiers(app: Application) -> tuple[TierPlan, ...]:
     return tuple(
         TierPlan.from_trusted(
             name=t.name, command=t.command, port=t.port, env=dict(sorted(t.env.items())),
-            secrets=t.secrets, entry=t.name == entry,
+            secrets=t.secrets, entry=t.name == entry, reseed_signal=t.reseed_signal,
             health_path=t.health.path if t.health else None,
             health_timeout_s=t.health.timeout_s if t.health else 0.0,
             start_timeout_s=t.health.start_timeout_s if t.health else 0.0,

@@ -127,6 +127,7 @@ class TierPlan(PlanModel):
     env: dict[str, str]
     secrets: tuple[str, ...]  # names only; values come from the secret store at run time
     entry: bool
+    reseed_signal: str | None
     health_path: str | None
     health_timeout_s: float
     start_timeout_s: float

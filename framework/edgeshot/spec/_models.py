@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import signal
 import zoneinfo
 from datetime import time
 from decimal import Decimal
@@ -287,6 +288,9 @@ class Tier(SpecModel):
         default=(), description="env vars supplied at run time from the secret store, never in plans"
     )
     entry: bool = False
+    reseed_signal: str | None = Field(
+        default=None, description="sent to the tier after a restore, so copies stop sharing random state"
+    )
     health: HealthCheck | None = HealthCheck()
     resources: Resources = Resources()
 
@@ -294,6 +298,13 @@ class Tier(SpecModel):
     @classmethod
     def _split(cls, value: Any) -> Any:
         return tuple(shlex.split(value)) if isinstance(value, str) else value
+
+    @field_validator("reseed_signal")
+    @classmethod
+    def _signal(cls, name: str | None) -> str | None:
+        if name is not None and name not in signal.Signals.__members__:
+            raise ValueError("must be a signal name such as 'SIGUSR2' or 'SIGHUP'")
+        return name
 
     @field_validator("env")
     @classmethod
