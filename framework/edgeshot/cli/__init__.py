@@ -52,7 +52,8 @@ class Format(StrEnum):
 
 
 def _fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    """Print `message` (plain text, never markup: it holds paths) and return exit 1."""
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(1)
 
 
@@ -62,7 +63,8 @@ def _load(file: Path) -> Spec:
         return load(file)
     except SpecError as exc:
         n = len(exc.problems)
-        err.print(f"[bold red]{file}: {n} problem{'s' if n != 1 else ''}[/]", highlight=False)
+        err.print(f"[bold red]{escape(str(file))}: {n} problem{'s' if n != 1 else ''}[/]",
+                  highlight=False, soft_wrap=True)
         for problem in exc.problems:
             err.print(f"  {problem}", highlight=False, soft_wrap=True, markup=False)
         raise typer.Exit(1) from None
@@ -83,7 +85,7 @@ def validate(file: Annotated[Path, typer.Argument(help="Policy file (a Python mo
     spec = _load(file)
     net = spec.network
     out.print(
-        f"[green]✓[/] {file}: network [bold]{net.name}[/] ({net.provider.kind}), "
+        f"[green]✓[/] {escape(str(file))}: network [bold]{net.name}[/] ({net.provider.kind}), "
         f"{len(net.edgepoints)} edgepoint(s), {len(spec.applications)} app(s)",
         highlight=False,
     )
@@ -102,7 +104,10 @@ def plan(
     previous = _read(old) if old else None
     new = compile_plan(_load(file))
     if out_file:
-        write_plan(new, out_file)
+        try:
+            write_plan(new, out_file)
+        except OSError as exc:
+            raise _fail(f"{out_file}: cannot write the plan ({exc.strerror or exc})") from None
     if previous is None:
         _show_plan(new, fmt)
         return
@@ -119,7 +124,8 @@ def _read(path: Path) -> Plan:
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
-        raise _fail(f"{path}: not an edgeshot plan ({where}: {first.get('msg')})") from None
+        detail = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
+        raise _fail(f"{path}: not an edgeshot plan ({detail})") from None
     except (OSError, ValueError) as exc:
         raise _fail(f"{path}: cannot be read as a plan ({exc})") from None
 

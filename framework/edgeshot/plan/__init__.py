@@ -35,8 +35,12 @@ def write_plan(plan: Plan, path: str | Path) -> None:
     """Atomically: a reader never sees half a plan."""
     target = Path(path)
     tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(plan.to_json())
-    tmp.replace(target)
+    try:
+        tmp.write_text(plan.to_json())
+        tmp.replace(target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 __all__ = [

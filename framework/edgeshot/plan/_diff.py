@@ -44,12 +44,16 @@ class PlanDiff(PlanModel):
         return sum(1 for c in self.changes if c.action == action)
 
     def summary(self) -> str:
-        """'Plan: 3 to add, 1 to change, 0 to destroy; cost +41.00 EUR/month'."""
+        """'Plan: 3 to add, 1 to change, 0 to destroy; cost +41.00 EUR/month servers'.
+
+        Each cost says what it is: the servers' price, or the apps' upper estimate.
+        """
         text = (f"Plan: {self.count('add')} to add, {self.count('change')} to change, "
                 f"{self.count('remove')} to destroy")
-        costs = [m for m in (self.infrastructure_delta, self.apps_delta) if m.amount]
+        costs = [(m, what) for m, what in ((self.infrastructure_delta, "servers"),
+                                           (self.apps_delta, "apps (upper estimate)")) if m.amount]
         if costs:
-            text += "; cost " + ", ".join(f"{_signed(m)}/month" for m in costs)
+            text += "; cost " + ", ".join(f"{_signed(m)}/month {what}" for m, what in costs)
         return text
 
 
@@ -74,11 +78,23 @@ def _flatten(value: Any, prefix: str, out: dict[str, Any]) -> None:
         for k in sorted(value):
             _flatten(value[k], f"{prefix}.{k}" if prefix else str(k), out)
     elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-        for i, item in enumerate(value):
-            label = item.get("name") or item.get("path") or i
+        labels = [_label(item, i) for i, item in enumerate(value)]
+        if len(set(labels)) != len(labels):  # e.g. a warm-up request sent twice: by position
+            labels = [str(i) for i in range(len(value))]
+        for label, item in zip(labels, value, strict=True):
             _flatten(item, f"{prefix}[{label}]", out)
     else:
         out[prefix] = value
+
+
+def _label(item: dict[str, Any], index: int) -> str:
+    """What names a list item across plans: a tier's name, a route's 'METHOD /path'."""
+    name, path, method = item.get("name"), item.get("path"), item.get("method")
+    if isinstance(name, str) and name:
+        return name
+    if isinstance(path, str) and path:
+        return f"{method} {path}" if isinstance(method, str) and method else path
+    return str(index)
 
 
 def _fields(old: dict[str, Any] | None, new: dict[str, Any] | None) -> tuple[FieldChange, ...]:
