@@ -36,5 +36,5 @@ hello = Application(
     tiers=(Tier(name="web", command="python3 app.py", reseed_signal="SIGUSR2"),),
     distribution=Distribution(min=0, max=2),
     sla=SLA(max_response_ms=100, users_per_instance=10),
-    budget=Budget(monthly="5 EUR"),
+    budget=Budget(monthly="30 EUR"),
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
+import shutil
 import textwrap
 from decimal import Decimal
 from pathlib import Path
@@ -126,11 +127,36 @@ def test_spec_objects_in_another_order_compile_to_the_same_plan():
 # --- servers -------------------------------------------------------------------
 
 
+def _assert_slot_subnets(p):
+    """Every server has its own /24 of the network's slot network."""
+    slot_network = ipaddress.IPv4Network("10.64.0.0/12")
+    subnets = [ipaddress.IPv4Network(s.slot_subnet) for s in p.servers]
+    assert all(n.prefixlen == 24 and n.subnet_of(slot_network) for n in subnets)
+    assert len(set(subnets)) == len(subnets)
+
+
+def test_slot_subnets_stay_when_an_edgepoint_is_inserted(plans, tmp_path):
+    """Inserting an edgepoint before the others must not move their slots (a PR diff
+    would otherwise show every server changing)."""
+    before = {s.name: s.slot_subnet for s in plans["shop-local"].servers}
+    shop = tmp_path / "shop"
+    shutil.copytree(EXAMPLES["shop-local"].parent, shop)
+    text = (shop / "policy_local.py").read_text()
+    assert "edgepoints=(\n" in text
+    (shop / "policy_local.py").write_text(text.replace(
+        "edgepoints=(\n",
+        'edgepoints=(\n        Edgepoint(name="sa", region="sa-east", location="local", server_type="local"),\n',
+        1))
+    after = {s.name: s.slot_subnet for s in compile_plan(load(shop / "policy_local.py")).servers}
+    assert set(after) == set(before) | {"sa-1"}
+    assert {k: after[k] for k in before} == before
+
+
 def test_local_network_servers(plans):
     p = plans["shop-local"]
     assert [s.name for s in p.servers] == ["eu-1", "us-1", "ap-1"]
     assert [s.address for s in p.servers] == ["127.0.1.1", "127.0.2.1", "127.0.3.1"]
-    assert [s.slot_subnet for s in p.servers] == ["10.64.0.0/24", "10.64.1.0/24", "10.64.2.0/24"]
+    _assert_slot_subnets(p)
     assert [s.region for s in p.servers] == ["eu-central", "us-east", "ap-southeast"]
     for s in p.servers:
         assert s.roles == ("agent", "edge")
@@ -148,14 +174,15 @@ def test_local_network_servers(plans):
 
 def test_hetzner_network_servers(plans):
     p = plans["shop-hetzner"]
-    table = [(s.name, s.edgepoint, s.roles, s.location, s.server_type, s.region, s.slot_subnet,
+    table = [(s.name, s.edgepoint, s.roles, s.location, s.server_type, s.region,
               str(s.monthly_cost)) for s in p.servers]
     assert table == [
-        ("fsn-1", "fsn", ("agent", "edge"), "fsn1", "cx32", "eu-central", "10.64.0.0/24", "6.80 EUR"),
-        ("fsn-2", "fsn", ("agent",), "fsn1", "cx32", "eu-central", "10.64.1.0/24", "6.80 EUR"),
-        ("hel-1", "hel", ("agent", "edge"), "hel1", "cx22", "eu-north", "10.64.2.0/24", "3.79 EUR"),
-        ("ash-1", "ash", ("agent", "edge"), "ash", "cpx21", "us-east", "10.64.3.0/24", "7.55 EUR"),
+        ("fsn-1", "fsn", ("agent", "edge"), "fsn1", "cx32", "eu-central", "6.80 EUR"),
+        ("fsn-2", "fsn", ("agent",), "fsn1", "cx32", "eu-central", "6.80 EUR"),
+        ("hel-1", "hel", ("agent", "edge"), "hel1", "cx22", "eu-north", "3.79 EUR"),
+        ("ash-1", "ash", ("agent", "edge"), "ash", "cpx21", "us-east", "7.55 EUR"),
     ]
+    _assert_slot_subnets(p)
     # Clouds assign addresses; only the edge host listens for requests and for the controller.
     assert all(s.address is None and s.provider == "hetzner" for s in p.servers)
     by_name = {s.name: s for s in p.servers}
@@ -336,12 +363,13 @@ def test_shop_costs(plans):
     a = plans["shop-hetzner"].app("shop")
     # web 0.5 + store 0.25 cores, 192 MiB; busy x 1.5 (peak) x 10 instances
     assert (str(a.estimate_low), str(a.estimate_high), str(a.budget)) == (
-        "0.00 EUR", "366.07 EUR", "120 EUR")
+        "5.81 EUR", "366.07 EUR", "120 EUR")  # low: the warm pool (1) on 3 edgepoints, idle
     assert (a.cost_ceiling, a.within_budget) == (3, False)
-    # hello: 0.5 core, 256 MiB at 0.00001/0.000001: 13.797 a month busy; max 2 on one edgepoint
+    # hello: 0.5 core, 256 MiB at 0.00001/0.000001: 13.797 a month busy; max 2 on one edgepoint;
+    # its 30 EUR budget pays for both busy all month.
     hello = plans["hello"].app("hello")
     assert (str(hello.estimate_high), hello.cost_ceiling, hello.within_budget) == (
-        "27.59 EUR", 1, False)
+        "27.59 EUR", 2, True)
 
 
 # --- routes ----------------------------------------------------------------------

