@@ -10,6 +10,7 @@ import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
+from functools import cache
 from typing import Self
 
 from pydantic import BaseModel, ConfigDict
@@ -34,11 +35,18 @@ class PlanModel(BaseModel):
         `model_construct` re-resolves defaults per object and costs ~10x more.
         """
         obj = cls.__new__(cls)
-        object.__setattr__(obj, "__dict__", fields)
-        object.__setattr__(obj, "__pydantic_fields_set__", set(fields))
-        object.__setattr__(obj, "__pydantic_extra__", None)
-        object.__setattr__(obj, "__pydantic_private__", None)
+        setattr_ = object.__setattr__
+        setattr_(obj, "__dict__", fields)
+        # Every field is given, so all share one "fields set" (frozen: never changed).
+        setattr_(obj, "__pydantic_fields_set__", _all_fields(cls))
+        setattr_(obj, "__pydantic_extra__", None)
+        setattr_(obj, "__pydantic_private__", None)
         return obj
+
+
+@cache
+def _all_fields(cls: type[BaseModel]) -> set[str]:
+    return set(cls.model_fields)
 
 
 @contextmanager
