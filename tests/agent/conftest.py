@@ -1,8 +1,7 @@
-"""Fixtures for the agent's real-CRIU tests, and the skip policy written once.
+"""Fixtures for the agent's real-CRIU tests.
 
-Tests marked ``root`` or ``criu`` skip, with the reason, on a machine where
-they cannot run (not root, no working CRIU) — except under CI=true, where
-such a test *fails*: CI runs as root and must exercise the real thing.
+The skip policy for tests marked ``root`` or ``criu`` (skip with the reason where
+they cannot run, fail under CI=true) lives in tests/conftest.py, for every suite.
 """
 
 from __future__ import annotations
@@ -14,29 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from edgeshot.agent import _criu
 from edgeshot.agent import appshots as A
 from edgeshot.agent._sys import reap, set_subreaper
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def _unavailable(item: pytest.Item) -> str | None:
-    if item.get_closest_marker("root") and os.geteuid() != 0:
-        return "needs root (namespaces, cgroups, CRIU)"
-    if item.get_closest_marker("criu"):
-        st = _criu.status()
-        if not st.usable:
-            return f"needs a working CRIU: {st.reason}"
-    return None
-
-
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    reason = _unavailable(item)
-    if reason:
-        if IN_CI:
-            pytest.fail(f"CI=true: this test must run, but it {reason}", pytrace=False)
-        pytest.skip(reason)
 
 
 def _our_netns(prefix: str) -> list[str]:

@@ -1,0 +1,65 @@
+"""`edgeshot agent --config FILE`: run this server's agent daemon (and `token`: make tokens).
+
+Register in the main CLI with::
+
+    from edgeshot.cli.agent import agent, token
+    app.command()(agent)
+    app.command()(token)      # optional: `edgeshot token FILE NAME --scope …`
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+err = Console(stderr=True)
+
+
+def agent(
+    config: Annotated[Path, typer.Option("--config", "-c", help="agent configuration (TOML)",
+                                         envvar="EDGESHOT_AGENT_CONFIG")],
+) -> None:
+    """Run the agent: the API of this server (instances, appshots, usage, metrics).
+
+    Stopping it leaves the instances running; the next agent adopts them.
+    """
+    from edgeshot.agent.server import AgentConfig, ConfigError, run
+    try:
+        cfg = AgentConfig.load(config)
+        run(cfg)
+    except ConfigError as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(1) from None
+    except OSError as exc:  # address in use, state dir not writable…
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def token(
+    tokens_file: Annotated[Path, typer.Argument(help="token file (hashes) the service reads")],
+    name: Annotated[str, typer.Argument(help="the token's name (in logs, instead of it)")],
+    scope: Annotated[list[str], typer.Option(
+        "--scope", "-s", help="controller-edge, edge-agent, controller-agent, operator, "
+        "owner:<id> or vendor:<name>; repeat for several")],
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="write the token here (0600) instead of printing it")] = None,
+) -> None:
+    """Make a bearer token: its hash goes into TOKENS_FILE, the token itself is shown once."""
+    from edgeshot.agent import auth
+    try:
+        text = auth.issue_token(tokens_file, name, scope, secret_file=out)
+    except (ValueError, auth.AuthError) as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(1) from None
+    if out is None:
+        print(text)
+    else:
+        err.print(f"token {name!r} written to {out}")
+
+
+if __name__ == "__main__":  # python -m edgeshot.cli.agent --config FILE (tests, debugging)
+    typer.run(agent)

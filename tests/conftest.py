@@ -1,0 +1,34 @@
+"""Test policy for the whole suite, written once.
+
+Tests marked ``root`` or ``criu`` skip, with the reason, on a machine where they
+cannot run (not root, no working CRIU) — except under CI=true, where such a test
+*fails*: CI runs as root and must exercise the real thing.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def unavailable(item: pytest.Item) -> str | None:
+    """Why ``item`` cannot run on this machine (None: it can)."""
+    if item.get_closest_marker("root") and os.geteuid() != 0:
+        return "needs root (namespaces, cgroups, CRIU)"
+    if item.get_closest_marker("criu"):
+        from edgeshot.agent import _criu
+        st = _criu.status()
+        if not st.usable:
+            return f"needs a working CRIU: {st.reason}"
+    return None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    reason = unavailable(item)
+    if reason:
+        if IN_CI:
+            pytest.fail(f"CI=true: this test must run, but it {reason}", pytrace=False)
+        pytest.skip(reason)
