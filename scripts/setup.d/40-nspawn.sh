@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Throwaway edge servers for the configuration tests (DESIGN.md, "Tests and
 # benchmarks"): debootstrap builds a Debian root file system, systemd-nspawn
-# boots it in a network namespace, ssh reaches it, rsync copies the cached
+# boots it in a network namespace, ssh reaches it, a copy of the cached
 # root per server. Idempotent: a second run installs nothing.
 set -euo pipefail
 say() { echo "nspawn: $*"; }
@@ -11,7 +11,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 0
 fi
 
-want=(debootstrap systemd-container openssh-client rsync iproute2 ca-certificates)
+want=(debootstrap systemd-container openssh-client dpkg-dev iproute2 ca-certificates)
 missing=()
 for p in "${want[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
