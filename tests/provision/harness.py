@@ -30,6 +30,7 @@ class Res:
     inputs: dict[str, Any]
     id: str
     custom: bool
+    state: dict[str, Any] = field(default_factory=dict)  # inputs and outputs, as the mock cloud answered
 
     @property
     def parent_name(self) -> str:
@@ -83,7 +84,7 @@ class _Monitor(MockMonitor):
             rec = self.resources[response.urn]
             inputs = pulumi.runtime.rpc.deserialize_properties(request.object)
             self.registered.append(Res(request.type, request.name, response.urn, request.parent,
-                                       inputs, rec.id, request.custom))
+                                       inputs, rec.id, request.custom, dict(rec.state or {})))
         return response
 
 

@@ -21,6 +21,7 @@ import pulumi
 
 from ._components import TYPE, EdgeNetwork, Edgepoint, EdgeServer, export_outputs
 from ._inventory import INVENTORY_FORMAT, build_inventory
+from ._policy import PackSettings, policies
 from ._rules import (
     CONTROLLER,
     EDGE_HOST,
@@ -62,8 +63,8 @@ def program(provider: str | None = None) -> EdgeNetwork:
 __all__ = [
     "CONTROLLER", "EDGE_HOST", "INVENTORY_FORMAT", "LABEL_EDGEPOINT", "LABEL_NETWORK",
     "LABEL_OWNER", "LABEL_ROLE", "PROVIDERS", "SECRETS", "TYPE", "WORLD", "EdgeNetwork",
-    "EdgeServer", "Edgepoint", "ProvisionError", "Rule", "Settings", "allowed_ports",
+    "EdgeServer", "Edgepoint", "PackSettings", "ProvisionError", "Rule", "Settings", "allowed_ports",
     "build_inventory", "check_credentials", "controller_rules", "export_outputs", "labels",
-    "load_plan", "program", "public_key_of", "public_ports", "server_rules",
+    "load_plan", "policies", "program", "public_key_of", "public_ports", "server_rules",
     "settings_from_config", "slot_ports",
 ]
