@@ -13,7 +13,7 @@ from typing import Any
 
 from ._base import Collector, SpecModel, _collecting, display_path, walk
 from ._checks import Finding, check
-from ._models import Application, EdgeNetwork
+from ._models import Application, EdgeNetwork, Source
 
 
 @dataclass(frozen=True, order=True)
@@ -195,7 +195,7 @@ def load_declaration(path: str | os.PathLike[str]) -> tuple[EdgeNetwork, list[Ap
 
     for rec in collector.failed:
         file_, line, base = _locate(rec.obj, paths)
-        for err in rec.errors:
+        for err in _without_echoes(rec.errors):
             loc = _loc(tuple(err.get("loc", ())))
             value = None if not loc or err.get("type") == "missing" else _short(err.get("input"))
             problems.append(
@@ -233,12 +233,28 @@ def load_declaration(path: str | os.PathLike[str]) -> tuple[EdgeNetwork, list[Ap
     return networks[0], apps, file
 
 
+def _without_echoes(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Drop "at least N items after validation, not 0" for a list whose items failed:
+    pydantic counts only the items that passed, so it merely echoes the item errors."""
+    locs = [tuple(e.get("loc", ())) for e in errors]
+    return [
+        e
+        for e, loc in zip(errors, locs, strict=True)
+        if not (
+            e.get("type") == "too_short"
+            and any(len(o) > len(loc) and o[: len(loc)] == loc for o in locs)
+        )
+    ]
+
+
 def _sources(apps: list[Application], base: Path) -> list[Finding]:
     """Sources are relative to the policy file, so a clone anywhere finds them."""
     out = []
     for app in apps:
         source = app.__dict__.get("source")
-        if isinstance(source, SpecModel) and source.is_valid and not (base / source.path).exists():
+        # os.path.exists, not Path.exists: False (not an exception) for a name too long,
+        # a NUL byte, or a directory we may not enter
+        if isinstance(source, Source) and source.is_valid and not os.path.exists(base / source.path):
             out.append(
                 Finding(
                     app,
