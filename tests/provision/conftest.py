@@ -102,3 +102,12 @@ def run_stack(signing_key: str) -> Callable[..., Run]:
         return result
 
     return _run
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The cloud SDKs warn, on first use, about deprecated resources edgeshot never uses."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            for sdk in ("pulumi_aws", "pulumi_digitalocean", "pulumi_hcloud"):
+                item.add_marker(pytest.mark.filterwarnings(f"ignore::DeprecationWarning:{sdk}.*"))

@@ -8,7 +8,7 @@ assert on exactly what `pulumi up` would send to the providers.
 
 from __future__ import annotations
 
-import itertools
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -88,18 +88,22 @@ class _Monitor(MockMonitor):
         return response
 
 
+def _number(*parts: str) -> int:
+    return int.from_bytes(hashlib.sha256("/".join(parts).encode()).digest()[:4], "big")
+
+
 class CloudMocks(Mocks):
     """What the clouds would answer: numeric ids (Hetzner wants ints), addresses from the
-    documentation ranges, and each resource's computed outputs."""
+    documentation ranges, and each resource's computed outputs. Derived from the resource's
+    type and name, so the same resource gets the same answers in two runs (diffs compare)."""
 
     def __init__(self) -> None:
-        self.ids = itertools.count(1001)
         self.calls: list[tuple[str, dict[str, Any]]] = []
 
     def new_resource(self, args):
-        n = next(self.ids)
+        n = _number(args.typ, args.name)
         out = dict(args.inputs)
-        ip = f"198.51.100.{n % 250 + 1}"
+        ip = f"198.51.100.{n % 250 + 1}" if n % 2 else f"192.0.2.{n % 250 + 1}"
         t = args.typ
         if t == "hcloud:index/server:Server":
             out |= {"ipv4Address": ip, "ipv6Address": f"2001:db8::{n:x}", "status": "running"}
@@ -121,7 +125,8 @@ class CloudMocks(Mocks):
     def call(self, args):
         self.calls.append((args.token, dict(args.args)))
         if args.token == "aws:ec2/getAmi:getAmi":
-            return {"id": f"ami-{len(self.calls):08x}", "architecture": "x86_64"}
+            region = str(args.args.get("region"))
+            return {"id": f"ami-{_number(region, json.dumps(args.args['filters'])):08x}"}
         return {}
 
 
