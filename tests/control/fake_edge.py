@@ -29,11 +29,11 @@ def main() -> None:
                 time.sleep(0.3)
             body = json.dumps({"edgepoint": name, "region": self.headers.get("X-Edgeshot-Region"),
                                "method": self.command, "path": self.path}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+            # Status, headers and body in one write: a kill lands before or after the
+            # response, never inside it (an edgepoint's HAProxy answers small bodies so too).
+            head = (f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n").encode()
+            self.wfile.write(head + body)
 
         do_GET = do_POST = do_PUT = do_DELETE = _answer
 
@@ -42,6 +42,7 @@ def main() -> None:
 
     class Server(ThreadingHTTPServer):
         daemon_threads = True
+        request_queue_size = 256
 
         def handle_error(self, request: object, client_address: object) -> None:
             pass  # clients (HAProxy's checks, killed peers) hang up: nothing to report
