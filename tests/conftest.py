@@ -18,6 +18,10 @@ def unavailable(item: pytest.Item) -> str | None:
     """Why ``item`` cannot run on this machine (None: it can)."""
     if item.get_closest_marker("root") and os.geteuid() != 0:
         return "needs root (namespaces, cgroups, CRIU)"
+    if item.get_closest_marker("haproxy"):
+        from edgeshot.edge._haproxy import find_haproxy
+        if find_haproxy() is None:
+            return "needs HAProxy (make system installs Debian's, as root)"
     if item.get_closest_marker("criu"):
         from edgeshot.agent import _criu
         st = _criu.status()
