@@ -6,23 +6,13 @@ everything it started, and fails if anything (process, netns, link) was left.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from daemon_helpers import AgentProcess, Tokens, hello_spec
+from daemon_helpers import AgentProcess, Tokens, hello_spec, make_agent
 
 from edgeshot.agent._sys import reap, set_subreaper
-
-_N = [0]
-
-
-def _pool_ids() -> tuple[str, str]:
-    """A slot prefix (<= 6 chars) and a /24 no other agent of this session uses."""
-    _N[0] += 1
-    pid = os.getpid()
-    return f"d{(pid * 7 + _N[0]) % 100000}", f"10.{240 + _N[0] % 10}.{pid % 250}.0/24"
 
 
 @pytest.fixture(scope="session")
@@ -36,11 +26,6 @@ def _subreaper() -> Iterator[None]:
     set_subreaper()
     yield
     reap()
-
-
-def make_agent(tmp: Path, tokens: Tokens, **kw) -> AgentProcess:
-    prefix, subnet = _pool_ids()
-    return AgentProcess(tmp, tokens, prefix=prefix, subnet=subnet, **kw)
 
 
 @pytest.fixture(scope="session")

@@ -222,6 +222,21 @@ class AgentProcess:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+_N = [0]
+
+
+def pool_ids() -> tuple[str, str]:
+    """A slot prefix (<= 6 chars) and a /24 no other agent of this session uses."""
+    _N[0] += 1
+    pid = os.getpid()
+    return f"d{(pid * 7 + _N[0]) % 100000}", f"10.{240 + _N[0] % 10}.{pid % 250}.0/24"
+
+
+def make_agent(tmp: Path, tokens: Tokens, **kw) -> AgentProcess:
+    prefix, subnet = pool_ids()
+    return AgentProcess(tmp, tokens, prefix=prefix, subnet=subnet, **kw)
+
+
 def procs_under(path: Path) -> list[int]:
     """Processes whose cwd or command line points into ``path`` (pods, log pumps)."""
     found = []

@@ -290,7 +290,7 @@ class AgentServer:
         a = self.agent
         log.info("agent %s up on %s:%d (edgepoint %s, %s, %d instance(s) adopted)", a.source,
                  self.cfg.listen, self.cfg.port, self.cfg.edgepoint,
-                 "restores with CRIU" if a.restores else f"cold-starts: {a.cold_reason}",
+                 "restores with CRIU" if a.restores else "cold-starts instances",
                  a.adopted)
         self._tasks = [asyncio.create_task(self._loop(self.cfg.usage_interval_s, self._meter)),
                        asyncio.create_task(self._loop(self.cfg.health_interval_s,

@@ -21,7 +21,8 @@ err = Console(stderr=True)
 
 def agent(
     config: Annotated[Path, typer.Option("--config", "-c", help="agent configuration (TOML)",
-                                         envvar="EDGESHOT_AGENT_CONFIG")],
+                                         envvar="EDGESHOT_AGENT_CONFIG", readable=False,
+                                         dir_okay=False)],
 ) -> None:
     """Run the agent: the API of this server (instances, appshots, usage, metrics).
 
@@ -32,10 +33,10 @@ def agent(
         cfg = AgentConfig.load(config)
         run(cfg)
     except ConfigError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     except OSError as exc:  # address in use, state dir not writable…
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
 
@@ -53,7 +54,7 @@ def token(
     try:
         text = auth.issue_token(tokens_file, name, scope, secret_file=out)
     except (ValueError, auth.AuthError) as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     if out is None:
         print(text)
