@@ -1,0 +1,279 @@
+"""The controller's HTTP API: the conduit (bearer tokens of `edgeshot.agent.auth`).
+
+=======  ===============================  ======================  ==========================
+method   path                             scopes                  answer
+=======  ===============================  ======================  ==========================
+GET      /v1/health                       (public)                {status, network, uptime_s}
+GET      /v1/status                       op, owner, vendor       the network; owners/vendors
+                                                                  see their apps only
+GET      /v1/routing                      op                      chains per app and region
+GET      /v1/events?after=&app=&limit=    op, owner               events (owners: their apps)
+POST     /v1/apps/{app}/deploy            op, owner (its apps)    202 {deployment}
+POST     /v1/apps/{app}/rollback          op, owner (its apps)    {from, to, seconds, edges}
+GET      /v1/apps/{app}/deployments       op, owner (its apps)    {deployments}
+GET      /v1/deployments/{id}             op, owner (its apps)    a deployment
+GET      /metrics                         op                      Prometheus text
+=======  ===============================  ======================  ==========================
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgeshot import __version__
+from edgeshot.agent import auth
+from edgeshot.agent.auth import OPERATOR, public, requires
+from edgeshot.plan import AppPlan
+
+from ._controller import Controller
+from ._deploy import DeployError
+
+log = logging.getLogger("edgeshot.controller.api")
+
+OWNER = "owner:*"
+VENDOR = "vendor:*"
+CONTROLLER_KEY = web.AppKey("controller", Controller)
+REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
+
+
+class DeployRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: str | None = Field(None, max_length=64)
+    plan: dict[str, Any] | None = Field(None, description="the version's AppPlan (JSON)")
+    source_dir: str | None = Field(None, max_length=4096)
+    canary: int | None = Field(None, ge=1, le=99, description="percent of traffic")
+    policy: dict[str, Any] | None = None
+
+
+def _error(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": message, "code": code}, status=status)
+
+
+def _ctl(request: web.Request) -> Controller:
+    return request.app[CONTROLLER_KEY]
+
+
+def _principal(request: web.Request) -> auth.Principal:
+    return request["principal"]
+
+
+def _may_see(p: auth.Principal):
+    return lambda owner, vendor: p.may_see(owner=owner, vendor=vendor)
+
+
+def _own_app(request: web.Request, app: str) -> web.Response | None:
+    """None when the caller may act on `app`; else the error to answer."""
+    p = _principal(request)
+    row = _ctl(request).store.app(app)
+    if row is None:
+        return _error(404, "not_found", f"no application {app!r}")
+    if p.is_operator or row["owner"] in p.owners:
+        return None
+    return _error(404, "not_found", f"no application {app!r}")  # others' apps do not exist
+
+
+@public
+async def health(request: web.Request) -> web.Response:
+    c = _ctl(request)
+    return web.json_response({"status": "ok", "network": c.plan.network,
+                              "version": __version__, "uptime_s": round(c.status()["uptime_s"], 1)})
+
+
+@requires(OPERATOR, OWNER, "vendor:*")
+async def status(request: web.Request) -> web.Response:
+    p = _principal(request)
+    c = _ctl(request)
+    return web.json_response(c.status(None if p.is_operator else _may_see(p)))
+
+
+@requires(OPERATOR)
+async def routing(request: web.Request) -> web.Response:
+    return web.json_response(_ctl(request).routing())
+
+
+@requires(OPERATOR, OWNER)
+async def events(request: web.Request) -> web.Response:
+    c = _ctl(request)
+    p = _principal(request)
+    try:
+        after = int(request.query.get("after", "0"))
+        limit = max(1, min(1000, int(request.query.get("limit", "100"))))
+    except ValueError:
+        return _error(400, "invalid", "after and limit must be integers")
+    app = request.query.get("app")
+    rows = c.store.events(after=after, limit=limit, app=app)
+    if not p.is_operator:
+        mine = {a["name"] for a in c.store.apps() if a["owner"] in p.owners}
+        rows = [r for r in rows if r["app"] in mine]
+    return web.json_response({"events": rows})
+
+
+@requires(OPERATOR, OWNER)
+async def deploy(request: web.Request) -> web.Response:
+    c = _ctl(request)
+    p = _principal(request)
+    name = request.match_info["app"]
+    try:
+        body = DeployRequest.model_validate(await request.json())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return _error(400, "invalid", "the body must be JSON")
+    except ValidationError as exc:
+        return _error(422, "invalid", "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)))
+    if body.plan is not None:
+        try:
+            app_plan = AppPlan.model_validate(body.plan)
+        except ValidationError as exc:
+            return _error(422, "invalid", f"plan: {exc.errors(include_url=False)[0]['msg']}")
+        if app_plan.name != name:
+            return _error(422, "invalid", f"the plan is for {app_plan.name!r}, not {name!r}")
+        if body.version and body.version != app_plan.version:
+            app_plan = AppPlan.model_validate({**app_plan.model_dump(), "version": body.version})
+        row = c.store.app(name)
+        owner = row["owner"] if row else app_plan.owner
+        if not (p.is_operator or owner in p.owners) or app_plan.owner != owner:
+            return _error(404 if row else 403, "forbidden",
+                          f"token {p.name!r} may not deploy {name!r}")
+        if name not in {a.name for a in c.plan.apps}:
+            return _error(422, "invalid", f"{name!r} is not placed in this network's plan")
+    else:
+        if (err := _own_app(request, name)) is not None:
+            return err
+        if not body.version:
+            return _error(422, "invalid", "give a version, or the version's plan")
+        try:
+            app_plan = c.deploy.app_plan(name, body.version)
+        except DeployError as exc:
+            return _error(404, "not_found", str(exc))
+    policy = None
+    if body.policy:
+        from ._canary import CanaryPolicy
+        try:
+            policy = CanaryPolicy(**{**vars(c.canary_policy), **body.policy})
+        except TypeError as exc:
+            return _error(422, "invalid", f"policy: {exc}")
+    src = Path(body.source_dir) if body.source_dir else None
+    if src is not None and not p.is_operator:
+        return _error(403, "forbidden", "only operators may name a source directory")
+    try:
+        dep = await c.deploy.deploy(app_plan, body.canary, source_dir=src, policy=policy)
+    except DeployError as exc:
+        return _error(409, "deploy_failed", str(exc))
+    return web.json_response({"deployment": c.store.deployment(dep)}, status=202)
+
+
+@requires(OPERATOR, OWNER)
+async def rollback(request: web.Request) -> web.Response:
+    name = request.match_info["app"]
+    if (err := _own_app(request, name)) is not None:
+        return err
+    try:
+        return web.json_response(await _ctl(request).deploy.rollback(name))
+    except DeployError as exc:
+        return _error(409, "rollback_failed", str(exc))
+
+
+@requires(OPERATOR, OWNER)
+async def app_deployments(request: web.Request) -> web.Response:
+    name = request.match_info["app"]
+    if (err := _own_app(request, name)) is not None:
+        return err
+    return web.json_response({"deployments": _ctl(request).store.deployments(name)})
+
+
+@requires(OPERATOR, OWNER)
+async def deployment(request: web.Request) -> web.Response:
+    try:
+        dep_id = int(request.match_info["id"])
+    except ValueError:
+        return _error(400, "invalid", "a deployment id is an integer")
+    dep = _ctl(request).store.deployment(dep_id)
+    if dep is None or _own_app(request, dep["app"]) is not None:
+        return _error(404, "not_found", f"no deployment {dep_id}")
+    return web.json_response(dep)
+
+
+class _Collector:
+    def __init__(self, c: Controller) -> None:
+        self.c = c
+
+    def collect(self):
+        c = self.c
+        ticks = CounterMetricFamily("edgeshot_controller_ticks", "routing ticks done")
+        ticks.add_metric([], c.ticks)
+        yield ticks
+        tick_ms = GaugeMetricFamily("edgeshot_controller_tick_seconds", "duration of the last tick")
+        tick_ms.add_metric([], c.last_tick_ms / 1000)
+        yield tick_ms
+        up = GaugeMetricFamily("edgeshot_controller_edgepoint_healthy", "edgepoint reachable",
+                               labels=["edgepoint"])
+        load = GaugeMetricFamily("edgeshot_controller_edgepoint_load_ratio",
+                                 "edgepoint load (share of capacity)", labels=["edgepoint"])
+        for e in c.store.edgepoints():
+            up.add_metric([e["name"]], float(e["healthy"]))
+            load.add_metric([e["name"]], float(e["load"] or 0))
+        yield up
+        yield load
+        w = GaugeMetricFamily("edgeshot_controller_version_weight_ratio",
+                              "traffic share per app version", labels=["app", "version", "owner"])
+        for a in c.store.apps():
+            if a["primary_version"]:
+                cw = a["canary_weight"] if a["canary_version"] else 0
+                w.add_metric([a["name"], a["primary_version"], a["owner"]], (100 - cw) / 100)
+                if a["canary_version"]:
+                    w.add_metric([a["name"], a["canary_version"], a["owner"]], cw / 100)
+        yield w
+
+
+@requires(OPERATOR)
+async def metrics(request: web.Request) -> web.Response:
+    reg = request.app[REGISTRY_KEY]
+    return web.Response(body=generate_latest(reg), content_type="text/plain", charset="utf-8")
+
+
+@public
+async def index(request: web.Request) -> web.Response:
+    c = _ctl(request)
+    html = (f"<!doctype html><title>edgeshot — {c.plan.network}</title>"
+            f"<h1>edgeshot network {c.plan.network}</h1>"
+            "<p>The dashboards are served here. API: <code>/v1/status</code> with a bearer "
+            "token (<code>edgeshot status</code>).</p>")
+    return web.Response(text=html, content_type="text/html")
+
+
+def build_app(controller: Controller) -> web.Application:
+    app = web.Application(middlewares=[auth.middleware(controller.tokens)],
+                          client_max_size=16 << 20)
+    app[CONTROLLER_KEY] = controller
+    reg = CollectorRegistry()
+    reg.register(_Collector(controller))
+    Gauge("edgeshot_controller_up", "the controller runs", registry=reg).set(1)
+    app[REGISTRY_KEY] = reg
+    app.router.add_get("/", index)
+    app.router.add_get("/v1/health", health)
+    app.router.add_get("/v1/status", status)
+    app.router.add_get("/v1/routing", routing)
+    app.router.add_get("/v1/events", events)
+    app.router.add_post("/v1/apps/{app}/deploy", deploy)
+    app.router.add_post("/v1/apps/{app}/rollback", rollback)
+    app.router.add_get("/v1/apps/{app}/deployments", app_deployments)
+    app.router.add_get("/v1/deployments/{id}", deployment)
+    app.router.add_get("/metrics", metrics)
+
+    async def on_startup(_app: web.Application) -> None:
+        await controller.start()
+
+    async def on_cleanup(_app: web.Application) -> None:
+        await controller.stop()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    return app

@@ -1,0 +1,111 @@
+"""The controller's configuration (TOML; relative paths are relative to the file)."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class ConfigError(Exception):
+    pass
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DispatcherSection(_Section):
+    enabled: bool = True
+    address: str | None = Field(None, description="bind address (default: the plan's controller)")
+    http_port: int | None = Field(None, ge=1, le=65535, description="default: the plan's")
+    stats_port: int | None = Field(None, ge=1, le=65535, description="default: the plan's; 0 off")
+    mode: Literal["proxy", "redirect"] = "proxy"
+    simulate_latency: bool = Field(False, description="local networks: add each region's RTT")
+    haproxy: str = "haproxy"
+    check_inter_ms: int = Field(500, ge=50)
+    geo_file: Path | None = Field(None, description="CIDR region lines, for clients without "
+                                  "an X-Edgeshot-Region header")
+
+
+class CanarySection(_Section):
+    interval_s: float = Field(10.0, gt=0)
+    threshold: int = Field(2, ge=1)
+    iterations: int = Field(3, ge=1)
+    step_weight: int = Field(0, ge=0, le=100)
+    max_weight: int = Field(50, ge=1, le=100)
+    min_requests: int = Field(20, ge=1)
+    max_error_rate: float = Field(0.01, ge=0, le=1)
+
+
+class ControllerConfig(_Section):
+    state_dir: Path = Field(description="SQLite database, dispatcher files, appshot cache")
+    plan: Path = Field(description="the network's plan (JSON, `edgeshot plan --out`)")
+    base_dir: Path = Field(description="the policy file's directory: app sources are relative")
+    listen: str = "127.0.0.1"
+    port: int | None = Field(None, ge=1, le=65535, description="default: the plan's controller port")
+    tokens_file: Path = Field(description="tokens this controller accepts (hashes)")
+    agent_token_file: Path = Field(description="this controller's controller-agent token")
+    edge_token_file: Path = Field(description="this controller's controller-edge token")
+    edges: dict[str, str] = Field(default_factory=dict, description="edge API URL per edgepoint "
+                                  "(default from the plan's addresses)")
+    agents: dict[str, str] = Field(default_factory=dict, description="agent URL per server")
+    tick_s: float = Field(1.0, gt=0, description="edge reports -> routing table -> dispatcher")
+    agent_poll_s: float = Field(5.0, gt=0)
+    edge_timeout_s: float = Field(2.0, gt=0)
+    deploy_on_start: bool = Field(True, description="capture, distribute and start every app "
+                                  "of the plan that has no version running")
+    dispatcher: DispatcherSection = DispatcherSection()
+    canary: CanarySection = CanarySection()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ControllerConfig:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such file") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        base = path.resolve().parent
+        for key in ("state_dir", "plan", "base_dir", "tokens_file", "agent_token_file",
+                    "edge_token_file"):
+            if isinstance(data.get(key), str):
+                data[key] = str(base / Path(data[key]).expanduser())
+        disp = data.get("dispatcher")
+        if isinstance(disp, dict) and isinstance(disp.get("geo_file"), str):
+            disp["geo_file"] = str(base / Path(disp["geo_file"]).expanduser())
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            lines = [f"{path}: {'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}"
+                     for e in exc.errors(include_url=False)]
+            raise ConfigError("\n".join(lines)) from None
+
+    def to_toml(self) -> str:
+        """The configuration as TOML (paths absolute)."""
+        def val(v: object) -> str:
+            if isinstance(v, bool):
+                return "true" if v else "false"
+            if isinstance(v, int | float):
+                return repr(v)
+            return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+        lines = []
+        tables = []
+        for k, v in self.model_dump(exclude_none=True).items():
+            if isinstance(v, dict) and k in ("dispatcher", "canary"):
+                tables.append((k, v))
+            elif isinstance(v, dict):
+                tables.append((k, v))
+            else:
+                lines.append(f"{k} = {val(v)}")
+        for name, table in tables:
+            lines.append(f"\n[{name}]")
+            lines += [f'"{k}" = {val(v)}' if name in ("edges", "agents") else f"{k} = {val(v)}"
+                      for k, v in table.items() if v is not None]
+        return "\n".join(lines) + "\n"

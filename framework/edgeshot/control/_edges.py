@@ -1,0 +1,88 @@
+"""What the controller tells each edge process and reads back (DESIGN.md, "Edge API").
+
+In: the placements to serve at that edgepoint, each with its share of the app's
+global maximum (the controller divides it) and its versions, each with the appshot
+to restore and its traffic weight (canaries). Out: load, capacity, per placement
+whether it is at capacity and, per version, requests, errors (cumulative counters)
+and latency at the SLA percentile.
+
+`EdgeLink` is the controller's view of one edge process; `HttpEdgeLink` speaks
+the edge API through `edgeshot.edge.client`. Tests and simulations use their own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class VersionOrder:
+    version: str
+    appshot: str
+    weight: int  # percent of the placement's traffic
+    plan: dict[str, Any] = field(default_factory=dict, compare=False)  # AppPlan, JSON form
+
+
+@dataclass(frozen=True)
+class PlacementOrder:
+    id: str  # "<app>/<edgepoint>"
+    app: str
+    edgepoint: str
+    global_share: int
+    cost_ceiling: int
+    versions: tuple[VersionOrder, ...]
+
+    def weights(self) -> dict[str, int]:
+        return {v.version: v.weight for v in self.versions}
+
+
+@dataclass(frozen=True)
+class VersionFigures:
+    requests: int = 0  # cumulative since the edge process started
+    errors: int = 0  # 5xx, cumulative
+    latency_ms: float | None = None  # at the SLA percentile over the recent window
+    ready: int = 0  # instances serving this version now
+
+
+@dataclass(frozen=True)
+class PlacementStatus:
+    id: str
+    app: str
+    at_capacity: bool = False
+    versions: dict[str, VersionFigures] = field(default_factory=dict)
+
+    @property
+    def ready(self) -> int:
+        return sum(v.ready for v in self.versions.values())
+
+
+@dataclass(frozen=True)
+class EdgeStatus:
+    edgepoint: str
+    healthy: bool
+    load: float = 0.0  # share of the edgepoint's capacity in use
+    capacity: dict[str, Any] = field(default_factory=dict)
+    placements: dict[str, PlacementStatus] = field(default_factory=dict)
+    started: float | None = None  # the edge process's start time: counters restart with it
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "healthy": self.healthy, "load": self.load, "capacity": self.capacity,
+            "started": self.started, "error": self.error,
+            "placements": {
+                pid: {"app": p.app, "at_capacity": p.at_capacity,
+                      "versions": {v: vars(f) for v, f in p.versions.items()}}
+                for pid, p in self.placements.items()},
+        }
+
+
+class EdgeLink(Protocol):
+    name: str
+
+    async def status(self) -> EdgeStatus: ...
+
+    async def set_placements(self, orders: list[PlacementOrder]) -> None: ...
+
+    async def close(self) -> None: ...
