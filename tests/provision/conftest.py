@@ -30,7 +30,9 @@ TOKENS = {
 }
 CLOUD_TOKENS = {"hetzner": ("hcloud:token", "hcloud-api-token-" + "h" * 48),
                 "digitalocean": ("digitalocean:token", "dop_v1_" + "d" * 56)}
-SSH_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAITESTKEYONLY ops@example.com"
+# The stack templates' example key (Pulumi.shop.yaml), so their runs and ours build the same.
+SSH_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOPERATORKEYEXAMPLEONLYREPLACEWITHYOURS "
+           "ops@example.com")
 
 
 @pytest.fixture(scope="session")
