@@ -129,7 +129,5 @@ class FakeEdge:
 
     def add(self, app: str, version: str, requests: int, errors: int = 0,
             latency_ms: float | None = 20.0) -> None:
-        """More traffic on a version (cumulative counters, as an edge reports them)."""
-        cur = self.figures.setdefault(app, {}).get(version, VersionFigures())
-        self.figures[app][version] = VersionFigures(cur.requests + requests, cur.errors + errors,
-                                                    latency_ms, 1)
+        """The traffic of a version over the recent window (as an edge reports it)."""
+        self.figures.setdefault(app, {})[version] = VersionFigures(requests, errors, latency_ms, 1)

@@ -77,7 +77,6 @@ class DeploymentCenter:
             self.placements.setdefault(p.app, []).append(p)
         self.status: dict[str, EdgeStatus] = {}  # the latest report of each edge process
         self._locks: dict[str, asyncio.Lock] = {}
-        self._last_figures: dict[int, dict[str, VersionFigures]] = {}
         self._last_check: dict[int, float] = {}
         self._trusted: set[tuple[str, str]] = set()  # (server, signer) pairs set up
 
@@ -211,7 +210,8 @@ class DeploymentCenter:
             for p in mine:
                 out.append(PlacementOrder(
                     id=p.id, app=app, edgepoint=edgepoint, global_share=shares[p.edgepoint],
-                    cost_ceiling=p.cost_ceiling, versions=versions))
+                    cost_ceiling=p.cost_ceiling, versions=versions,
+                    placement=p.model_dump(mode="json")))
         return out
 
     def _versions(self, app_row: dict[str, Any]) -> tuple[VersionOrder, ...]:
@@ -306,7 +306,6 @@ class DeploymentCenter:
                 self.store.set_app(app.name, canary_version=app.version, canary_weight=weight)
                 self.store.event("canary", f"{app.name} {app.version} gets {weight}% "
                                  f"(primary {primary})", app=app.name)
-                self._last_figures.pop(dep, None)
                 self._last_check[dep] = time.monotonic()
         await self.push(app.name)
         return dep
@@ -386,24 +385,14 @@ class DeploymentCenter:
 
     async def _check(self, app_row: dict[str, Any], dep: dict[str, Any]) -> Action | None:
         app = app_row["name"]
-        figs = self.figures(app)
-        before = self._last_figures.get(dep["id"])
-        self._last_figures[dep["id"]] = figs
-        if before is None:
-            return None  # the first look only sets the baseline of the counters
+        figs = self.figures(app)  # the edges' recent window
 
-        def delta(version: str) -> Figures | None:
-            now, old = figs.get(version), before.get(version)
-            if now is None:
-                return None
-            req = now.requests - (old.requests if old else 0)
-            err = now.errors - (old.errors if old else 0)
-            if req < 0 or err < 0:  # an edge process restarted: counters began again
-                req, err = now.requests, now.errors
-            return Figures(req, err, now.latency_ms)
+        def window(version: str | None) -> Figures | None:
+            f = figs.get(version) if version else None
+            return Figures(f.requests, f.errors, f.latency_ms) if f is not None else None
 
-        canary = delta(dep["to_version"]) or Figures(0, 0, None)
-        primary = delta(dep["from_version"]) if dep["from_version"] else None
+        canary = window(dep["to_version"]) or Figures(0, 0, None)
+        primary = window(dep["from_version"])
         pol = CanaryPolicy(**dep["policy"]) if dep.get("policy") else self.policy
         state = CanaryState(weight=dep["weight"], phase=Phase.progressing, good=dep["good"],
                             failed=dep["failed"], checks=dep["checks"])

@@ -3,8 +3,8 @@
 In: the placements to serve at that edgepoint, each with its share of the app's
 global maximum (the controller divides it) and its versions, each with the appshot
 to restore and its traffic weight (canaries). Out: load, capacity, per placement
-whether it is at capacity and, per version, requests, errors (cumulative counters)
-and latency at the SLA percentile.
+whether it is at capacity and, per version, requests, errors and latency at the
+SLA percentile over the edge's recent window.
 
 `EdgeLink` is the controller's view of one edge process; `HttpEdgeLink` speaks
 the edge API through `edgeshot.edge.client`. Tests and simulations use their own.
@@ -32,6 +32,7 @@ class PlacementOrder:
     global_share: int
     cost_ceiling: int
     versions: tuple[VersionOrder, ...]
+    placement: dict[str, Any] = field(default_factory=dict, compare=False)  # the plan's, JSON
 
     def weights(self) -> dict[str, int]:
         return {v.version: v.weight for v in self.versions}
@@ -39,9 +40,9 @@ class PlacementOrder:
 
 @dataclass(frozen=True)
 class VersionFigures:
-    requests: int = 0  # cumulative since the edge process started
-    errors: int = 0  # 5xx, cumulative
-    latency_ms: float | None = None  # at the SLA percentile over the recent window
+    requests: int = 0  # over the edge's recent window
+    errors: int = 0  # 5xx over the window
+    latency_ms: float | None = None  # at the SLA percentile over the window
     ready: int = 0  # instances serving this version now
 
 
