@@ -22,6 +22,7 @@ import pulumi
 from ._components import TYPE, EdgeNetwork, Edgepoint, EdgeServer, export_outputs
 from ._inventory import INVENTORY_FORMAT, build_inventory
 from ._policy import PackSettings, policies
+from ._preview import ImpliedResource, implied_resources
 from ._rules import (
     CONTROLLER,
     EDGE_HOST,
@@ -63,8 +64,9 @@ def program(provider: str | None = None) -> EdgeNetwork:
 __all__ = [
     "CONTROLLER", "EDGE_HOST", "INVENTORY_FORMAT", "LABEL_EDGEPOINT", "LABEL_NETWORK",
     "LABEL_OWNER", "LABEL_ROLE", "PROVIDERS", "SECRETS", "TYPE", "WORLD", "EdgeNetwork",
-    "EdgeServer", "Edgepoint", "PackSettings", "ProvisionError", "Rule", "Settings", "allowed_ports",
-    "build_inventory", "check_credentials", "controller_rules", "export_outputs", "labels",
+    "EdgeServer", "Edgepoint", "ImpliedResource", "PackSettings", "ProvisionError", "Rule", "Settings", "allowed_ports",
+    "build_inventory", "check_credentials", "controller_rules", "export_outputs",
+    "implied_resources", "labels",
     "load_plan", "policies", "program", "public_key_of", "public_ports", "server_rules",
     "settings_from_config", "slot_ports",
 ]

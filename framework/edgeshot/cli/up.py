@@ -1,0 +1,287 @@
+"""`edgeshot up FILE` for a cloud network (Hetzner, AWS, DigitalOcean).
+
+The same program as the stack templates (`edgeshot.provision.program`), run through
+Pulumi's Automation API with a local file backend next to the policy file
+(`.edgeshot/pulumi/`, or `--state-dir`). The Automation API drives the Pulumi CLI:
+when it is missing, this says how to install it, together with every other problem
+found before anything starts. Tokens and the signing key are made on first use and
+kept, encrypted, in the stack's configuration; the inventory is written next to the
+state for the configure step.
+
+Register in the main CLI (the local `up --local` path stays the main CLI's):
+
+    from edgeshot.cli.up import cloud_destroy, cloud_up, print_resources
+    app.command("destroy")(cloud_destroy)
+    # in `up`: for a cloud network, return cloud_up(file, ...); in `plan --resources`:
+    # print_resources(plan)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+from importlib import metadata
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from edgeshot.plan import Plan, compile_plan
+from edgeshot.spec import SpecError, load
+
+out = Console()
+err = Console(stderr=True)
+
+PROVIDER_PLUGINS = {"hetzner": ("hcloud", "pulumi_hcloud"), "aws": ("aws", "pulumi_aws"),
+                    "digitalocean": ("digitalocean", "pulumi_digitalocean")}
+CREDENTIAL_ENV = {"hetzner": ("HCLOUD_TOKEN",),
+                  "digitalocean": ("DIGITALOCEAN_TOKEN", "DIGITALOCEAN_ACCESS_TOKEN")}
+TOKENS = ("edgeAgentToken", "controllerAgentToken", "controllerEdgeToken")
+SSH_KEYS = ("id_ed25519.pub", "id_ecdsa.pub", "id_rsa.pub")
+INSTALL = (
+    "the Pulumi CLI is not installed: `edgeshot up` drives it through Pulumi's Automation API "
+    "(no `pulumi` on PATH nor in ~/.pulumi/bin). Install it with\n"
+    "      curl -fsSL https://get.pulumi.com | sh\n"
+    "    (Linux, macOS; Windows and package managers: https://www.pulumi.com/docs/install/), "
+    "then run this again. Meanwhile `edgeshot plan FILE --resources` lists what it would create."
+)
+
+
+def pulumi_path(env: dict[str, str] | None = None, home: Path | None = None) -> Path | None:
+    """The Pulumi CLI: on PATH, or where its installer puts it (~/.pulumi/bin)."""
+    env = dict(os.environ) if env is None else env
+    found = shutil.which("pulumi", path=env.get("PATH", ""))
+    if found:
+        return Path(found)
+    home = home or Path(env.get("HOME") or Path.home())
+    candidate = home / ".pulumi" / "bin" / "pulumi"
+    return candidate if candidate.is_file() and os.access(candidate, os.X_OK) else None
+
+
+def default_ssh_key(home: Path) -> Path | None:
+    return next((home / ".ssh" / k for k in SSH_KEYS if (home / ".ssh" / k).is_file()), None)
+
+
+def preflight(plan: Plan, env: dict[str, str] | None = None, ssh_key: Path | None = None,
+              home: Path | None = None) -> list[str]:
+    """Every reason `up` cannot start, found without running anything."""
+    env = dict(os.environ) if env is None else env
+    home = home or Path(env.get("HOME") or Path.home())
+    problems = []
+    if pulumi_path(env, home) is None:
+        problems.append(INSTALL)
+    if not env.get("PULUMI_CONFIG_PASSPHRASE") and not env.get("PULUMI_CONFIG_PASSPHRASE_FILE"):
+        problems.append(
+            "no passphrase for the stack's secrets: the local state encrypts tokens and the "
+            "signing key with it. `export PULUMI_CONFIG_PASSPHRASE=…` (or "
+            "PULUMI_CONFIG_PASSPHRASE_FILE) and keep it: without it they cannot be read again")
+    names = CREDENTIAL_ENV.get(plan.provider, ())
+    if names and not any(env.get(n) for n in names):
+        problems.append(f"no {plan.provider} API token: export {' or '.join(names)}")
+    key = ssh_key or default_ssh_key(home)
+    if key is None:
+        problems.append("no SSH public key: pass --ssh-key PATH (none of ~/.ssh/"
+                        f"{', ~/.ssh/'.join(SSH_KEYS)} exists)")
+    elif not key.is_file():
+        problems.append(f"--ssh-key {key}: no such file")
+    return problems
+
+
+def new_signing_key() -> str:
+    key = Ed25519PrivateKey.generate()
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
+def stack_settings(plan: Plan, policy_file: Path, existing: dict[str, Any], owner: str | None,
+                   ssh_public_key: str | None) -> tuple[dict[str, tuple[str, bool]], list[str]]:
+    """Config to set on the stack, key -> (value, secret), and what is missing. Keeps what
+    the stack has; makes tokens and the signing key the first time."""
+    values: dict[str, tuple[str, bool]] = {
+        "edgeshot:policyFile": (str(policy_file.resolve()), False)}
+    problems = []
+    if owner:
+        values["edgeshot:owner"] = (owner, False)
+    elif "edgeshot:owner" not in existing:
+        problems.append("who owns these servers? pass --owner NAME (a team or cost centre; it "
+                        "labels every resource and is kept for the next runs)")
+    if ssh_public_key:
+        values["edgeshot:sshPublicKey"] = (ssh_public_key.strip(), False)
+    for name in TOKENS:
+        if f"edgeshot:{name}" not in existing:
+            values[f"edgeshot:{name}"] = (secrets.token_urlsafe(32), True)
+    if "edgeshot:signingKey" not in existing:
+        values["edgeshot:signingKey"] = (new_signing_key(), True)
+    if plan.provider == "aws" and "aws:region" not in existing:
+        values["aws:region"] = (plan.controller.location, False)
+    return values, problems
+
+
+def _fail(problems: list[str]) -> typer.Exit:
+    n = len(problems)
+    err.print(f"[bold red]edgeshot up cannot start[/] ({n} problem{'s' if n != 1 else ''}):",
+              highlight=False)
+    for p in problems:
+        err.print(f"  - {escape(p)}", highlight=False, soft_wrap=True)
+    return typer.Exit(1)
+
+
+def _load_cloud_plan(file: Path) -> Plan:
+    try:
+        plan = compile_plan(load(file))
+    except SpecError as exc:
+        raise _fail([str(p) for p in exc.problems]) from None
+    if plan.provider == "local":
+        raise _fail([f"network {plan.network!r} in {file} is local: run it on this machine "
+                     f"with `edgeshot up --local {file}`"])
+    return plan
+
+
+def _state_dir(file: Path, state_dir: Path | None) -> Path:
+    return (state_dir or file.resolve().parent / ".edgeshot" / "pulumi").resolve()
+
+
+def _stack(plan: Plan, file: Path, stack_name: str, state: Path) -> Any:
+    from pulumi import automation as auto
+
+    from edgeshot.provision import program
+
+    path = pulumi_path()
+    assert path is not None  # preflight said so
+    root = path.parent.parent if path.parent.name == "bin" and path.parent.parent.name == ".pulumi" \
+        else None
+    try:
+        command = auto.PulumiCommand(root=str(root) if root else None)
+    except FileNotFoundError:
+        raise _fail([INSTALL]) from None
+    project = f"edgeshot-{plan.provider}"
+    work = state / project
+    work.mkdir(parents=True, exist_ok=True)
+    settings = auto.ProjectSettings(name=project, runtime="python",
+                                    backend=auto.ProjectBackend(url=f"file://{state}"))
+    opts = auto.LocalWorkspaceOptions(
+        work_dir=str(work), project_settings=settings, secrets_provider="passphrase",
+        pulumi_command=command,
+        env_vars={"EDGESHOT_POLICY_FILE": str(file.resolve()), "PULUMI_SKIP_UPDATE_CHECK": "true"})
+    provider = plan.provider
+    return auto.create_or_select_stack(stack_name, project_name=project,
+                                       program=lambda: program(provider), opts=opts)
+
+
+def _print_inventory(inventory: dict[str, Any], path: Path) -> None:
+    table = Table(title=f"{inventory['network']} ({inventory['provider']})", title_justify="left")
+    for col in ("server", "role", "edgepoint", "region", "address", "private"):
+        table.add_column(col)
+    for name, s in [("controller", inventory["controller"]), *inventory["servers"].items()]:
+        table.add_row(name, s["role"], s["edgepoint"] or "—", s["region"], s["address"] or "—",
+                      s["private_address"] or "—")
+    out.print(table)
+    out.print(f"inventory for the configure step: {path}  (secrets: `pulumi stack output "
+              "secrets --show-secrets` in the state's workspace)", highlight=False)
+
+
+def cloud_up(
+    file: Annotated[Path, typer.Argument(help="Policy file of a cloud network.")],
+    stack: Annotated[str | None, typer.Option(help="Stack name (default: the network's name).")]
+    = None,
+    state_dir: Annotated[Path | None, typer.Option(
+        "--state-dir", help="Pulumi state (default: .edgeshot/pulumi next to FILE).")] = None,
+    owner: Annotated[str | None, typer.Option(
+        help="Who owns the servers (team or cost centre); kept for the next runs.")] = None,
+    ssh_key: Annotated[Path | None, typer.Option(
+        "--ssh-key", help="Operators' SSH public key (default: ~/.ssh/id_ed25519.pub…).")] = None,
+    policy_pack: Annotated[Path | None, typer.Option(
+        "--policy-pack", help="Policy pack to enforce (default: the shipped stacks/policy).")]
+    = None,
+    preview: Annotated[bool, typer.Option("--preview", help="Show the changes only.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Apply without asking.")] = False,
+) -> None:
+    """Create or update a cloud network's servers from its policy file (Pulumi Automation API)."""
+    plan = _load_cloud_plan(file)
+    home = Path(os.environ.get("HOME") or Path.home())
+    problems = preflight(plan, ssh_key=ssh_key, home=home)
+    if problems:
+        raise _fail(problems)
+    state = _state_dir(file, state_dir)
+    st = _stack(plan, file, stack or plan.network, state)
+    existing = st.get_all_config()
+    key_file = ssh_key or default_ssh_key(home)
+    public_key = key_file.read_text() if key_file and (
+        ssh_key or "edgeshot:sshPublicKey" not in existing) else None
+    values, problems = stack_settings(plan, file, existing, owner, public_key)
+    if problems:
+        raise _fail(problems)
+    from pulumi import automation as auto
+    st.set_all_config({k: auto.ConfigValue(value=v, secret=s) for k, (v, s) in values.items()})
+    plugin, package = PROVIDER_PLUGINS[plan.provider]
+    st.workspace.install_plugin(plugin, "v" + metadata.version(package))
+    packs = []
+    pack = policy_pack or Path(__file__).resolve().parents[3] / "stacks" / "policy"
+    if (pack / "PulumiPolicy.yaml").is_file():
+        packs.append(str(pack))
+    color = "always" if out.is_terminal else "never"
+    try:
+        st.preview(on_output=print, policy_packs=packs or None, color=color)
+        if preview:
+            return
+        if not yes and not typer.confirm("Apply these changes?"):
+            raise typer.Exit(1)
+        st.up(on_output=print, policy_packs=packs or None, show_secrets=False, color=color)
+    except auto.CommandError as exc:
+        err.print(f"[bold red]pulumi failed:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(1) from None
+    outputs = st.outputs()
+    inventory = outputs["inventory"].value
+    path = state / f"{st.name}.inventory.json"
+    path.write_text(json.dumps(inventory, indent=1) + "\n")
+    _print_inventory(inventory, path)
+
+
+def cloud_destroy(
+    file: Annotated[Path, typer.Argument(help="Policy file of a cloud network.")],
+    stack: Annotated[str | None, typer.Option(help="Stack name (default: the network's name).")]
+    = None,
+    state_dir: Annotated[Path | None, typer.Option("--state-dir", help="Pulumi state.")] = None,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Destroy without asking.")] = False,
+) -> None:
+    """Delete every server and network resource of a cloud network's stack."""
+    plan = _load_cloud_plan(file)
+    problems = [p for p in preflight(plan, ssh_key=None) if not p.startswith("no SSH")]
+    if problems:
+        raise _fail(problems)
+    st = _stack(plan, file, stack or plan.network, _state_dir(file, state_dir))
+    if not yes and not typer.confirm(f"Destroy every resource of {plan.network}?"):
+        raise typer.Exit(1)
+    from pulumi import automation as auto
+    try:
+        st.destroy(on_output=print, color="always" if out.is_terminal else "never")
+    except auto.CommandError as exc:
+        err.print(f"[bold red]pulumi failed:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def print_resources(plan: Plan, console: Console | None = None) -> None:
+    """The Pulumi resources `plan` implies, as a tree (for `edgeshot plan FILE --resources`)."""
+    console = console or out
+    if plan.provider == "local":
+        console.print(f"network {plan.network} is local: no cloud resources")
+        return
+    from edgeshot.provision import implied_resources
+
+    found = implied_resources(plan)
+    table = Table(title=f"Pulumi resources for {plan.network} ({plan.provider})",
+                  title_justify="left")
+    table.add_column("resource")
+    table.add_column("type")
+    for r in found:
+        table.add_row("  " * r.depth + r.name, r.type)
+    console.print(table)
+    custom = sum(1 for r in found if not r.type.startswith("edgeshot:"))
+    console.print(f"{custom} cloud resources in {len(found) - custom} components", highlight=False)
