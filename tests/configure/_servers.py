@@ -170,6 +170,9 @@ class Server:
     root: Path
     netns: str
     key: Path
+    # "full": every capability and writable /proc/sys, like a real server (CRIU works);
+    # "confined": systemd-nspawn's defaults plus CAP_NET_ADMIN (`criu check` fails).
+    mode: str = "full"
     proc: subprocess.Popen | None = None
     log: Path | None = None
 
@@ -228,12 +231,12 @@ class Lab:
         assert self.subnet
         return str(self.subnet.network_address + 1)
 
-    def add(self, name: str, base: Path, key: Path) -> Server:
+    def add(self, name: str, base: Path, key: Path, mode: str = "full") -> Server:
         assert self.subnet and self.repo
         i = len(self.servers) + 10
         address = str(self.subnet.network_address + i)
         srv = Server(name=name, address=address, root=self.workdir / name,
-                     netns=f"{self.prefix}-{name}", key=key)
+                     netns=f"{self.prefix}-{name}", key=key, mode=mode)
         self.servers[name] = srv
         # The server's copy of the root (rsync: hard links would share inodes with the cache).
         run("cp", "-a", "--reflink=auto", f"{base}/.", srv.root)
@@ -256,14 +259,21 @@ class Lab:
 
     def boot(self, srv: Server) -> None:
         srv.log = self.workdir / f"{srv.name}.console"
+        env = dict(os.environ)
+        if srv.mode == "full":
+            caps = ["--capability=all"]
+            env["SYSTEMD_NSPAWN_API_VFS_WRITABLE"] = "1"  # /proc/sys: CRIU writes ns_last_pid
+        else:
+            caps = ["--capability=CAP_NET_ADMIN"]
+            env.pop("SYSTEMD_NSPAWN_API_VFS_WRITABLE", None)
         with open(srv.log, "ab") as log:
             srv.proc = subprocess.Popen(
                 ["systemd-nspawn", "-q", "-D", str(srv.root), "--boot", "--register=no",
                  "--keep-unit", f"--network-namespace-path=/run/netns/{srv.netns}",
                  f"--machine={srv.netns}", "--console=passive", "--link-journal=no",
-                 f"--bind-ro={self.repo}:{MIRROR_IN_SERVER}"],
+                 f"--bind-ro={self.repo}:{MIRROR_IN_SERVER}", *caps],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
+                start_new_session=True, env=env)
 
     def wait_ready(self, timeout: float = 90) -> None:
         """Every server boots to the point where sshd runs commands."""
@@ -281,10 +291,11 @@ class Lab:
                                        f"\n{srv.log.read_text()[-3000:] if srv.log else ''}")
                 time.sleep(0.3)
 
-    def poweroff(self, srv: Server, timeout: float = 60) -> None:
+    def poweroff(self, srv: Server, timeout: float = 60, send: bool = True) -> None:
         if srv.proc is None or srv.proc.poll() is not None:
             return
-        srv.ssh("systemctl poweroff", check=False, timeout=15)
+        if send:
+            srv.ssh("systemctl poweroff", check=False, timeout=15)
         try:
             srv.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -307,10 +318,21 @@ class Lab:
                 found.append(f"server {srv.name} still running (pid {srv.proc.pid})")
         return found
 
+    def set_link(self, srv: Server, up: bool) -> None:
+        """Cut (or restore) a server's cable: its veth in the LAN bridge goes down."""
+        i = list(self.servers).index(srv.name) + 10
+        run("ip", "-n", self.lan_ns, "link", "set", f"{self.prefix}-{i}", "up" if up else "down")
+
     def close(self) -> list[str]:
-        for srv in self.servers.values():
+        running = [s for s in self.servers.values() if s.proc and s.proc.poll() is None]
+        for srv in running:  # all at once, then wait for each
             with contextlib.suppress(Exception):
-                self.poweroff(srv)
+                self.set_link(srv, True)
+            with contextlib.suppress(Exception):
+                srv.ssh("systemctl poweroff", check=False, timeout=15)
+        for srv in running:
+            with contextlib.suppress(Exception):
+                self.poweroff(srv, send=False)
         for srv in self.servers.values():
             run("ip", "netns", "delete", srv.netns, check=False)
         run("ip", "netns", "delete", self.lan_ns, check=False)
