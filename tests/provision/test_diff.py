@@ -27,7 +27,8 @@ def ancestors(run: Run, urn: str) -> list[str]:
 @pytest.mark.parametrize("provider", ["hetzner", "aws", "digitalocean"])
 def test_adding_an_edgepoint_adds_exactly_its_resources(provider, run_stack, tmp_path):
     before_file = write_policy(tmp_path, provider, {"fsn": 2, "hel": 1}, name="before.py")
-    after_file = write_policy(tmp_path, provider, {"fsn": 2, "hel": 1, "ash": 1}, name="after.py")
+    # inserted first: the plan places subnets by hash, not by position
+    after_file = write_policy(tmp_path, provider, {"ash": 1, "fsn": 2, "hel": 1}, name="after.py")
 
     changes = diff(compile_plan(load(before_file)), compile_plan(load(after_file)))
     added = {(c.kind, c.id) for c in changes.changes if c.action == "add"}
