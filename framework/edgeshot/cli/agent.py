@@ -28,10 +28,16 @@ def agent(
 
     Stopping it leaves the instances running; the next agent adopts them.
     """
-    from edgeshot.agent.server import AgentConfig, ConfigError, run
+    import os
+    import sys
+
+    from edgeshot.agent.server import AgentConfig, ConfigError
     try:
-        cfg = AgentConfig.load(config)
-        run(cfg)
+        AgentConfig.load(config)  # problems are reported here, nicely
+        # The daemon runs for months on every server: exec a lean interpreter (same pid)
+        # without the CLI's imports (typer, rich, spec, plan…).
+        os.execv(sys.executable, [sys.executable, "-m", "edgeshot.agent.server",
+                                  "--config", str(config)])
     except ConfigError as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
