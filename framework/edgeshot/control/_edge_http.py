@@ -1,34 +1,163 @@
-"""`EdgeLink` over the edge API, through `edgeshot.edge.client` (the edge's own client)."""
+"""`EdgeLink` over the edge API, through the edge's own client (`edgeshot.edge.client`).
+
+Placements go out as the whole set (PUT) when the set or an app changes, and as
+per-placement updates (PATCH: weights, share, ceiling — no reload at the edge)
+otherwise, so that a canary step or a rollback is one small call per edgepoint.
+After the edge process restarted (it answers 404 for a placement, or it was
+unreachable) the next push is a whole set again.
+"""
 
 from __future__ import annotations
 
-from ._edges import EdgeStatus, PlacementOrder
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from ._edges import EdgeStatus, PlacementOrder, PlacementStatus, VersionFigures
+
+
+def _percentile_field(pct: float) -> str:
+    return "p50_ms" if pct <= 50 else "p95_ms" if pct <= 95 else "p99_ms"
 
 
 class HttpEdgeLink:
     def __init__(self, name: str, url: str, token: str, timeout: float = 2.0) -> None:
+        from edgeshot.edge.client import EdgeClient
+
         self.name = name
         self.url = url
-        self._token = token
-        self.timeout = timeout
+        self.client = EdgeClient(url, token, timeout=timeout, retries=1)
+        self._sent: dict[str, PlacementOrder] | None = None  # None: send the whole set
+        self._percentile: dict[str, float] = {}
 
     async def status(self) -> EdgeStatus:
-        raise NotImplementedError("edge client not available yet")
+        from edgeshot.edge.client import EdgeError
+
+        try:
+            load = await self.client.load()
+        except EdgeError:
+            self._sent = None
+            raise
+        total = sum(s.slots_total or 0 for s in load.servers)
+        free = sum(s.slots_free or 0 for s in load.servers)
+        placements = {}
+        for p in load.placements:
+            field = _percentile_field(self._percentile.get(p.id, 95.0))
+            placements[p.id] = PlacementStatus(
+                p.id, p.app, p.at_capacity,
+                {v.version: VersionFigures(v.requests, v.errors, getattr(v, field), v.ready)
+                 for v in p.versions})
+        return EdgeStatus(
+            self.name, True, load=(total - free) / total if total else 0.0,
+            capacity={"slots_total": total, "slots_free": free, "mode": load.mode,
+                      "at_capacity": list(load.at_capacity),
+                      "servers": {s.name: {"healthy": s.healthy, "instances": s.instances,
+                                           "slots_free": s.slots_free} for s in load.servers},
+                      "instances": {p.id: {"ready": p.ready, "starting": p.starting,
+                                           "snapshotted": p.snapshotted, "draining": p.draining}
+                                    for p in load.placements}},
+            placements=placements)
 
     async def set_placements(self, orders: list[PlacementOrder]) -> None:
-        raise NotImplementedError("edge client not available yet")
+        from edgeshot.edge.client import NotFound
+        from edgeshot.edge.models import VersionWeight
+
+        for o in orders:
+            self._percentile[o.id] = float(o.placement.get("scaling", {}).get("percentile", 95))
+        new = {o.id: o for o in orders}
+        sent = self._sent
+        if sent is not None and sent.keys() == new.keys() and all(
+                _same_apps(sent[k], new[k]) for k in new):
+            try:
+                for k, o in new.items():
+                    if o != sent[k]:
+                        await self.client.update_placement(
+                            k, versions=[VersionWeight(version=v.version, weight=v.weight,
+                                                       appshot=v.appshot) for v in o.versions],
+                            global_share=o.global_share, cost_ceiling=o.cost_ceiling)
+                self._sent = new
+                return
+            except NotFound:
+                pass  # the edge restarted: send the whole set
+        await _put_all(self.client, [_assignment(o) for o in orders])
+        self._sent = new
 
     async def close(self) -> None:
-        pass
+        await self.client.close()
 
 
-def write_edge_configs(state, plan, tokens, edges, options) -> str | None:
-    """Write one edge process configuration per edgepoint; a note when there is no edge
-    process in this tree (then none is started)."""
+async def _put_all(client: Any, assignments: list[Any]) -> None:
+    """PUT the whole set. The edge client dumps bodies with exclude_none (right for its
+    PATCH, where None means "unchanged"), which drops the plan's required None fields
+    (organisation, path_prefix, install): until it dumps a PlacementSet whole, send it
+    through a model that ignores exclude_none."""
+    from edgeshot.edge.models import PlacementSet
+
+    class _Whole(PlacementSet):
+        def model_dump_json(self, **kw: Any) -> str:
+            kw.pop("exclude_none", None)
+            return super().model_dump_json(**kw)
+
+    await client._call("PUT", "/v1/placements", body=_Whole(placements=tuple(assignments)))
+
+
+def _same_apps(a: PlacementOrder, b: PlacementOrder) -> bool:
+    """Same versions (each with the same plan): only weights, share or ceiling differ."""
+    return ([(v.version, json.dumps(v.plan, sort_keys=True)) for v in a.versions]
+            == [(v.version, json.dumps(v.plan, sort_keys=True)) for v in b.versions]
+            and a.placement == b.placement)
+
+
+def _assignment(o: PlacementOrder) -> Any:
+    from edgeshot.edge.models import PlacementAssignment, VersionWeight
+    from edgeshot.plan import AppPlan, Placement
+
+    primary = o.versions[0]
+    placement = Placement.model_validate({**o.placement, "version": primary.version})
+    return PlacementAssignment(
+        placement=placement, app=AppPlan.model_validate(primary.plan),
+        versions=tuple(VersionWeight(version=v.version, weight=v.weight, appshot=v.appshot)
+                       for v in o.versions),
+        global_share=o.global_share, cost_ceiling=o.cost_ceiling)
+
+
+# ---------------------------------------------------------------------- local network files
+
+
+def write_edge_configs(state: Path, plan: Any, tokens: dict[str, str],
+                       edges: dict[str, dict[str, Any]], options: dict[str, Any]) -> str | None:
+    """One edge process configuration per edgepoint; a note when this tree has no edge
+    process (then none is started)."""
     from ._localnet import edge_available
+
     if not edge_available():
-        return "the edge process (edgeshot.edge.server) is not in this tree"
-    raise NotImplementedError
+        return "the edge process (edgeshot.edge.service) is not in this tree"
+    for ep in plan.edgepoints:
+        host = next(s for s in plan.servers if s.name == ep.edge_host)
+        e = edges[ep.name]
+        cfg: dict[str, Any] = {
+            "edgepoint": ep.name, "listen": host.address, "http_port": host.ports["http"],
+            "api_port": host.ports["edge"], "state_dir": e["state_dir"],
+            "tokens_file": str(state / "tokens" / "edge.toml"),
+            "agent_token_file": tokens["edge-agent"], **options}
+        lines = []
+        for k, v in cfg.items():
+            if isinstance(v, bool):
+                lines.append(f"{k} = {'true' if v else 'false'}")
+            elif isinstance(v, int | float):
+                lines.append(f"{k} = {v!r}")
+            else:
+                lines.append(f"{k} = {json.dumps(str(v))}")
+        for s in plan.servers:
+            if s.edgepoint == ep.name:
+                url = f"http://{s.address}:{s.ports['agent']}"
+                lines += ["", "[[agents]]", f"name = {json.dumps(s.name)}",
+                          f"url = {json.dumps(url)}"]
+        path = Path(e["config"])
+        path.write_text("\n".join(lines) + "\n")
+        os.chmod(path, 0o600)
+    return None
 
 
 def edge_argv(python: str, config: str) -> list[str]:

@@ -128,9 +128,9 @@ def _toml(data: dict[str, Any]) -> str:
 
 
 def edge_available() -> bool:
-    """Whether this tree has the edge process (edgeshot.edge.server)."""
+    """Whether this tree has the edge process (edgeshot.edge.service)."""
     import importlib.util
-    return importlib.util.find_spec("edgeshot.edge.server") is not None
+    return importlib.util.find_spec("edgeshot.edge.service") is not None
 
 
 class LocalNetwork:
@@ -478,11 +478,12 @@ def _cmdline(pid: int) -> str:
 
 
 def _terminate(procs: list[Proc], grace: float) -> None:
-    """SIGTERM to each process group we started, SIGKILL after `grace` seconds."""
+    """SIGTERM to each process we started (each stops what it started: the edge its
+    HAProxy, the controller the dispatcher's), SIGKILL to its group after `grace`."""
     live = [p for p in procs if _pid_alive(p.pid) and _same_process(p)]
     for p in live:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(p.pid, signal.SIGTERM)  # type: ignore[arg-type]
+            os.kill(p.pid, signal.SIGTERM)  # type: ignore[arg-type]
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and any(_pid_alive(p.pid) for p in live):
         _reap()
