@@ -309,15 +309,16 @@ def _atomic(path: Path, text: str) -> None:
 # -- runtime API -----------------------------------------------------------------------
 _ERRORS = ("unknown", "not found", "error", "invalid", "expects", "require", "cannot",
            "failed", "no such", "refused", "not allowed", "does not", "must be", "is not")
-PROMPT = b"\n> "
 
 
 class Runtime:
     """HAProxy's runtime API on a stats socket (admin level) or the master socket."""
 
-    def __init__(self, socket_path: str | Path, timeout: float = 5.0) -> None:
+    def __init__(self, socket_path: str | Path, timeout: float = 5.0, *,
+                 master: bool = False) -> None:
         self.socket_path = str(socket_path)
         self.timeout = timeout
+        self.prompt = b"master> " if master else b"> "
 
     async def run(self, *commands: str) -> list[str]:
         """Commands on one connection (prompt mode); each answer as text."""
@@ -326,13 +327,14 @@ class Runtime:
         try:
             writer.write(b"prompt\n")
             await writer.drain()
-            await asyncio.wait_for(reader.readuntil(b"> "), self.timeout)
+            await asyncio.wait_for(reader.readuntil(self.prompt), self.timeout)
+            end = b"\n" + self.prompt
             answers = []
             for cmd in commands:
                 writer.write(cmd.encode() + b"\n")
                 await writer.drain()
-                raw = await asyncio.wait_for(reader.readuntil(PROMPT), self.timeout)
-                answers.append(raw[: -len(PROMPT)].decode(errors="replace").strip("\n"))
+                raw = await asyncio.wait_for(reader.readuntil(end), self.timeout)
+                answers.append(raw[: -len(end)].decode(errors="replace").strip("\n"))
             writer.write(b"quit\n")
             await writer.drain()
             return answers
@@ -455,7 +457,7 @@ class HAProxyProcess:
         self.pidfile = conf.run_dir / "haproxy.pid"
         self.out = conf.run_dir / "haproxy.out"
         self.proc: subprocess.Popen[bytes] | None = None
-        self.master = Runtime(conf.master_socket)
+        self.master = Runtime(conf.master_socket, master=True)
         self.admin = Runtime(conf.admin_socket)
         self.adopted = False
 
@@ -511,9 +513,13 @@ class HAProxyProcess:
         raise HAProxyError(f"HAProxy did not answer within {timeout} s: {self._tail()}")
 
     async def _answers(self) -> bool:
+        """Both the worker's admin socket and the master CLI answer."""
         try:
             info = await self.admin.show_info()
-            return "Pid" in info
+            if "Pid" not in info:
+                return False
+            (procs,) = await self.master.run("show proc")
+            return "worker" in procs
         except (TimeoutError, OSError, asyncio.IncompleteReadError):
             return False
 

@@ -1,0 +1,1487 @@
+"""The edge process of one edgepoint (``edgeshot edge --config FILE``).
+
+One asyncio process runs, around one HAProxy (``_haproxy``):
+
+* the **local dispatcher**: HAProxy's configuration rendered from the placements the
+  controller assigned (routing keys, cleave, origin, affinity, version weights), and
+  instances added, drained and removed live through the runtime API;
+* the **activator** (``_activator``): HAProxy's backup server for apps without a ready
+  instance;
+* the **resource manager**: every ``tick_s`` it reads HAProxy's counters (in-flight
+  requests per instance, queues, health), the latency percentiles from the request
+  logs (``_logs``), the agents' capacity and snapshots, builds the plain view the pure
+  decision function (``decide``) takes, and executes its actions through the agents
+  (``AgentClient``) and HAProxy;
+* **data-path usage** (``_usage``): counters into usage records, stored before HAProxy
+  can forget them;
+* the **edge API** (bearer tokens, ``edgeshot.agent.auth``): placements in; load,
+  capacity, per-version figures, latency and region history, usage, health and
+  ``/metrics`` (its own and HAProxy's Prometheus exporter) out.
+
+Without HAProxy the activator serves the data path itself (slower) and the health
+answer says so. HAProxy outlives a crashed edge process; the next one adopts it and its
+counters, and takes the agents' instances back.
+
+Configuration (TOML; relative paths are relative to the file)::
+
+    edgepoint = "eu"
+    listen = "127.0.1.1"          # the data path (HAProxy's frontend)
+    http_port = 8080
+    api_port = 7702               # the edge API (api_listen defaults to listen)
+    state_dir = "state/edge-eu"
+    tokens_file = "edge-tokens.toml"        # who may call the edge API (hashes)
+    agent_token_file = "edge-agent.token"   # this edge's token for its agents (0600)
+    plan = "plan.json"            # optional: placements and agents from a plan
+    [[agents]]
+    name = "eu-1"
+    url = "http://127.0.1.1:7701"
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import math
+import os
+import secrets
+import signal
+import time
+import tomllib
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .. import __version__
+from ..agent import auth
+from ..agent.auth import CONTROLLER_EDGE, OPERATOR, requires
+from ..agent.client import AgentClient, AgentError
+from ..agent.models import InstanceInfo
+from . import _haproxy as H
+from ._activator import Activator, Router, Target, WeightedPicker
+from ._logs import ORIGIN, LatencyBook, LogReceiver, parse_line, percentile
+from ._store import InstanceMeta, Store
+from ._usage import UsageMeter
+from .decide import (
+    Decision,
+    Discard,
+    EdgeView,
+    Inst,
+    Memory,
+    PlacementView,
+    Policy,
+    Restore,
+    ServerView,
+    Snapshotted,
+    Suspend,
+    Tuning,
+    decide,
+)
+from .models import (
+    EdgeHealth,
+    EdgeLoad,
+    LatencyHistory,
+    PlacementAssignment,
+    PlacementList,
+    PlacementLoad,
+    PlacementSet,
+    PlacementUpdate,
+    RegionHistory,
+    ServerLoad,
+    VersionLoad,
+)
+
+log = logging.getLogger("edgeshot.edge")
+
+__all__ = ["EdgeConfig", "AgentRef", "Edge", "ConfigError", "run", "build_api"]
+
+READ = (CONTROLLER_EDGE, OPERATOR)
+WRITE = (CONTROLLER_EDGE,)
+
+
+class ConfigError(Exception):
+    """The edge's configuration cannot be used (message: file, key, problem)."""
+
+
+class AgentRef(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$",
+                      description="the server's name (the plan's), as decisions name it")
+    url: str = Field(pattern=r"^https?://")
+
+
+class EdgeConfig(BaseModel):
+    """The edge process's configuration (TOML, flat keys plus ``[[agents]]``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    edgepoint: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+    listen: str = Field("127.0.0.1", description="address of the data path")
+    http_port: int = Field(8080, ge=1, le=65535)
+    api_listen: str | None = Field(None, description="address of the edge API (default listen)")
+    api_port: int = Field(7702, ge=1, le=65535)
+    state_dir: Path
+    tokens_file: Path = Field(description="token hashes the edge API accepts (auth.py format)")
+    agent_token_file: Path = Field(description="this edge's edge-agent token (mode 0600)")
+    agents: tuple[AgentRef, ...] = ()
+    plan: Path | None = Field(None, description="a plan (JSON): initial placements and agents")
+    haproxy: Path | None = Field(None, description="HAProxy binary (default: from PATH)")
+    use_haproxy: Literal["auto", "off"] = "auto"
+    log_sample: int = Field(1, ge=1, le=1000, description="log 1 request in N for latency")
+    nbthread: int | None = Field(None, ge=1, le=64)
+    tick_s: float = Field(0.25, ge=0.02, le=60)
+    stable_window_s: float = Field(60.0, gt=0)
+    panic_window_s: float = Field(6.0, gt=0)
+    scale_down_delay_s: float = Field(30.0, ge=0)
+    usage_interval_s: float = Field(10.0, ge=0.05, le=3600)
+    capacity_interval_s: float = Field(2.0, ge=0.05, le=600)
+    activator_timeout_s: float = Field(30.0, gt=0)
+    activator_queue: int = Field(1000, ge=1)
+    retry_after_s: int = Field(2, ge=1)
+    drain_timeout_s: float = Field(10.0, ge=0)
+    restore_backoff_s: float = Field(5.0, ge=0, description="after a failed restore on a server")
+    keep_haproxy: bool = Field(False, description="leave HAProxy running when the edge stops")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> EdgeConfig:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such file") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        if isinstance(data.get("edge"), dict) and len(data) == 1:
+            data = data["edge"]
+        base = path.resolve().parent
+        for key in ("state_dir", "tokens_file", "agent_token_file", "plan", "haproxy"):
+            if isinstance(data.get(key), str):
+                data[key] = str(base / Path(data[key]).expanduser())
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            lines = [f"{path}: {'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}"
+                     for e in exc.errors(include_url=False)]
+            raise ConfigError("\n".join(lines)) from None
+
+    def render(self) -> str:
+        """This configuration as TOML (for tests and templates)."""
+        out, agents = [], []
+        for k, v in self.model_dump(mode="json", exclude_none=True).items():
+            if k == "agents":
+                agents = v
+                continue
+            out.append(f"{k} = {'true' if v is True else 'false' if v is False else json.dumps(v)}")
+        for a in agents:
+            out += ["", "[[agents]]", f"name = {json.dumps(a['name'])}",
+                    f"url = {json.dumps(a['url'])}"]
+        return "\n".join(out) + "\n"
+
+
+# -- the process's picture of its edgepoint --------------------------------------------------
+class Window:
+    """Mean of samples over the last ``span`` seconds."""
+
+    __slots__ = ("span", "q", "sum")
+
+    def __init__(self, span: float) -> None:
+        self.span = span
+        self.q: deque[tuple[float, float]] = deque()
+        self.sum = 0.0
+
+    def add(self, t: float, v: float) -> None:
+        self.q.append((t, v))
+        self.sum += v
+        while self.q and self.q[0][0] <= t - self.span:
+            self.sum -= self.q.popleft()[1]
+
+    def mean(self) -> float:
+        return max(0.0, self.sum / len(self.q)) if self.q else 0.0
+
+
+@dataclass
+class Live:
+    """An instance this edge routes to (or is about to)."""
+
+    id: str
+    placement: str
+    app: str
+    version: str
+    server: str
+    state: Literal["starting", "ready", "draining", "unhealthy"]
+    address: str | None = None
+    owner: str = ""
+    vendor: str = ""
+    weight: int = 0
+    cookie: str | None = None
+    scur: float = 0.0
+    since: float = field(default_factory=time.monotonic)
+    down_since: float | None = None
+
+
+@dataclass
+class Snap:
+    id: str
+    placement: str
+    version: str
+    server: str
+    since: float
+
+
+class PlacementRuntime:
+    def __init__(self, a: PlacementAssignment, cfg: EdgeConfig, cookie_key: str) -> None:
+        self.a = a
+        self.stable = Window(cfg.stable_window_s)
+        self.panic = Window(cfg.panic_window_s)
+        self.last_request = -math.inf
+        self.req_seen: tuple[int, int] | None = None  # (worker, backend req_tot)
+        self.cookie_key = cookie_key
+        self.update(a)
+
+    def update(self, a: PlacementAssignment) -> None:
+        self.a = a
+        s = a.placement.scaling
+        self.policy = Policy(min=s.min, max=s.max, users_per_instance=s.users_per_instance,
+                             max_response_ms=s.max_response_ms, percentile=s.percentile,
+                             scale_down_below=s.scale_down_below, idle_s=s.idle_s,
+                             warm_pool=s.warm_pool, panic_factor=s.panic_factor)
+        self.weights = tuple((v.version, v.weight) for v in a.weights)
+        self.cpu = float(sum(t.cpu for t in a.app.tiers))
+        self.memory = sum(t.memory_mb for t in a.app.tiers) << 20
+
+    @property
+    def app(self) -> str:
+        return self.a.app.name
+
+    def conf(self, servers: tuple[H.Server, ...]) -> H.AppConf:
+        app = self.a.app
+        entry = next((t for t in app.tiers if t.entry), None)
+        return H.AppConf(
+            name=app.name, hosts=tuple(app.hosts), path_prefix=app.path_prefix,
+            routes=tuple(H.Route(r.method, r.regex, r.to) for r in app.routes),
+            default_route=app.default_route,
+            origin=H.origin_from_url(app.origin_url) if app.origin_url else None,
+            affinity=self.a.placement.affinity or app.affinity, cookie_key=self.cookie_key,
+            health_path=entry.health_path if entry else None, servers=servers)
+
+
+def _run_dir(state_dir: Path, edgepoint: str) -> Path:
+    """Where the unix sockets live: under the state dir when its path is short enough
+    for a socket address (108 bytes), else a private directory under /tmp."""
+    d = state_dir / "run"
+    if len(str(d / "activator.sock")) < 100:
+        return d
+    tag = hashlib.sha256(str(state_dir.resolve()).encode()).hexdigest()[:10]
+    return Path("/tmp") / f"edgeshot-{edgepoint[:20]}-{tag}"
+
+
+# -- the edge ---------------------------------------------------------------------------
+class Edge:
+    def __init__(self, cfg: EdgeConfig, *, tokens: auth.TokenStore | None = None,
+                 agent_token: str | None = None) -> None:
+        self.cfg = cfg
+        self.source = f"edge:{cfg.edgepoint}"
+        cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.store = Store(cfg.state_dir / "edge.db")
+        self.meter = UsageMeter(self.store, self.source, cfg.edgepoint)
+        self.book = LatencyBook(window_s=max(cfg.stable_window_s, 60.0))
+        self.tokens = tokens
+        self.agent_token = agent_token
+        self.run_dir = _run_dir(cfg.state_dir, cfg.edgepoint)
+        self.placements: dict[str, PlacementRuntime] = {}
+        self.by_app: dict[str, str] = {}  # app -> placement id
+        self.live: dict[str, Live] = {}
+        self.snaps: dict[str, Snap] = {}
+        self.agents: dict[str, AgentClient] = {}
+        self.capacity: dict[str, Any] = {}
+        self.agent_ok: dict[str, bool] = {}
+        self.restore_failed: dict[str, float] = {}
+        self.memory = Memory()
+        self.tuning = Tuning(stable_window_s=cfg.stable_window_s,
+                             panic_window_s=cfg.panic_window_s,
+                             scale_down_delay_s=cfg.scale_down_delay_s)
+        self.last: Decision | None = None
+        self.busy: set[str] = set()
+        self.gone: dict[str, float] = {}  # instances taken out lately (stale agent lists)
+        self.wake = asyncio.Event()
+        self.tick_lock = asyncio.Lock()
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.loops: list[asyncio.Task[Any]] = []
+        self.worker: int = 0
+        self.old_workers: set[int] = set()
+        self.mode: Literal["haproxy", "activator"] = "haproxy"
+        self.mode_reason: str | None = None
+        self.haproxy: H.HAProxyProcess | None = None
+        self.hconf: H.HAProxyConf | None = None
+        self.picker = WeightedPicker()
+        self.activator = Activator(pick=self._pick, demand=self._demand, served=self._served,
+                                   known=lambda app: app in self.by_app,
+                                   queue_limit=cfg.activator_queue,
+                                   timeout_s=cfg.activator_timeout_s,
+                                   retry_after_s=cfg.retry_after_s)
+        self.logs: LogReceiver | None = None
+        self.started = time.monotonic()
+        self.reload_lock = asyncio.Lock()
+        self._api_runner: web.AppRunner | None = None
+        self._stopping = False
+        self._init_metrics()
+
+    # -- metrics -----------------------------------------------------------------------
+    def _init_metrics(self) -> None:
+        r = self.registry = CollectorRegistry()
+        lab = ("app", "version", "edgepoint", "owner")
+        self.m_instances = Gauge("edgeshot_edge_instances", "instances by state", (*lab, "state"),
+                                 registry=r)
+        self.m_restores = Counter("edgeshot_edge_restores_total", "restores asked of agents",
+                                  (*lab, "result", "source"), registry=r)
+        self.m_restore_s = Histogram("edgeshot_edge_restore_seconds",
+                                     "agent create_instance -> instance in HAProxy", lab,
+                                     registry=r, buckets=(.025, .05, .1, .2, .35, .5, 1, 2, 5, 10))
+        self.m_suspends = Counter("edgeshot_edge_suspends_total", "instances taken out",
+                                  (*lab, "reason", "kept"), registry=r)
+        self.m_queued = Gauge("edgeshot_edge_activator_queued_requests",
+                              "requests held by the activator", ("app", "edgepoint"), registry=r)
+        self.m_activator = Counter("edgeshot_edge_activator_requests_total",
+                                   "requests the activator answered",
+                                   ("app", "edgepoint", "status"), registry=r)
+        self.m_decide_s = Histogram("edgeshot_edge_decision_seconds", "one decision",
+                                    ("edgepoint",), registry=r,
+                                    buckets=(.0005, .001, .002, .005, .01, .02, .05, .1))
+        self.m_capacity = Gauge("edgeshot_edge_at_capacity_instances",
+                                "instances wanted that no server can take",
+                                ("app", "edgepoint", "owner"), registry=r)
+        self.m_log_lines = Counter("edgeshot_edge_log_lines_total", "HAProxy log lines read",
+                                   ("edgepoint",), registry=r)
+
+    # -- life cycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if self.agent_token is None:
+            try:
+                self.agent_token = auth.read_secret(cfg.agent_token_file)
+            except (OSError, auth.AuthError) as exc:
+                raise ConfigError(f"agent_token_file: {exc}") from None
+        for ref in self._agent_refs():
+            self.agents[ref.name] = AgentClient(ref.url, self.agent_token, timeout=30,
+                                                retries=2, create_timeout=120)
+        self.meter.reset_activator()
+        self._load_placements()
+        binary = H.find_haproxy(cfg.haproxy) if cfg.use_haproxy == "auto" else None
+        if binary is None:
+            self.mode = "activator"
+            self.mode_reason = ("use_haproxy = off" if cfg.use_haproxy == "off" else
+                                "HAProxy is not installed (make system installs it as root)")
+            log.warning("edge %s: %s: the activator serves the data path itself, slower",
+                        cfg.edgepoint, self.mode_reason)
+        await self._adopt_instances()
+        if self.mode == "haproxy":
+            self.logs = LogReceiver(self.run_dir / "log.sock", self._on_log)
+            self.logs.start()
+            await self.activator.start_unix(self.run_dir / "activator.sock")
+            self.haproxy = H.HAProxyProcess(self._hconf(), binary)  # type: ignore[arg-type]
+            await self._start_haproxy()
+        else:
+            await self.activator.start_tcp(cfg.listen, cfg.http_port, Router(self._hconf()))
+        await self._start_api()
+        self.loops.append(asyncio.create_task(self._tick_loop()))
+        for fn, every in ((self._flush_usage, cfg.usage_interval_s),
+                          (self._poll_agents, cfg.capacity_interval_s),
+                          (self._flush_history, 5.0)):
+            self.loops.append(asyncio.create_task(self._every(fn, every)))
+        log.info("edge %s serving %d placement(s) on %s:%d (%s), API on %s:%d", cfg.edgepoint,
+                 len(self.placements), cfg.listen, cfg.http_port, self.mode,
+                 cfg.api_listen or cfg.listen, cfg.api_port)
+
+    async def stop(self) -> None:
+        """Graceful: stop deciding, let running actions end, store every counter and
+        minute, then stop HAProxy (unless ``keep_haproxy``)."""
+        self._stopping = True
+        for t in self.loops:
+            t.cancel()
+        for t in self.loops:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self.loops = []
+        if self.tasks:
+            await asyncio.wait(self.tasks, timeout=self.cfg.drain_timeout_s + 30)
+        if self._api_runner is not None:
+            await self._api_runner.cleanup()
+            self._api_runner = None
+        if self.haproxy is not None and self.haproxy.running():
+            try:
+                await self._observe_usage()
+                self._flush_now()
+                if not self.cfg.keep_haproxy:
+                    await self._stop_haproxy()
+            except Exception:
+                log.exception("edge %s: stopping HAProxy cleanly failed", self.cfg.edgepoint)
+            finally:
+                if not self.cfg.keep_haproxy:
+                    await self.haproxy.stop(timeout=3)
+        with contextlib.suppress(Exception):
+            self._flush_now()
+            self.book.flush(self.store, everything=True)
+        await self.activator.stop()
+        if self.logs is not None:
+            self.logs.stop()
+        for a in self.agents.values():
+            await a.close()
+        self.store.close()
+
+    async def _stop_haproxy(self) -> None:
+        """Soft stop; read the workers' counters until they are gone (every request they
+        finish meanwhile is counted), then the process is waited for."""
+        assert self.haproxy is not None
+        pid = self.haproxy.pid
+        try:
+            workers = {w.pid for w in await self.haproxy.workers()} if pid else set()
+        except (OSError, asyncio.IncompleteReadError):
+            workers = {self.worker} if self.worker else set()
+        workers |= self.old_workers
+        if pid is not None:
+            os.kill(pid, signal.SIGUSR1)
+        deadline = time.monotonic() + self.cfg.drain_timeout_s
+        while workers and time.monotonic() < deadline:
+            for w in list(workers):
+                rows = await self.haproxy.worker_stats(w)
+                if rows is None or not _alive(w):
+                    workers.discard(w)
+                    continue
+                self.meter.observe_stat(w, rows)
+            self._flush_now()
+            await asyncio.sleep(0.05)
+        await self.haproxy.stop(timeout=5)
+
+    async def _tick_loop(self) -> None:
+        """Decide every tick_s, or at once when the activator reports demand."""
+        while True:
+            t0 = time.monotonic()
+            try:
+                async with self.tick_lock:
+                    await self._tick()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("edge %s: tick failed", self.cfg.edgepoint)
+            self.wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(),
+                                       max(0.0, self.cfg.tick_s - (time.monotonic() - t0)))
+
+    async def _every(self, fn, every: float) -> None:
+        while True:
+            t0 = time.monotonic()
+            try:
+                await fn()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("edge %s: %s failed", self.cfg.edgepoint, fn.__name__)
+            await asyncio.sleep(max(0.0, every - (time.monotonic() - t0)))
+
+    def _agent_refs(self) -> list[Any]:
+        refs = {r.name: r for r in self.cfg.agents}
+        if self.cfg.plan is not None and self.cfg.plan.exists():
+            from edgeshot.plan import read_plan
+            plan = read_plan(self.cfg.plan)
+            for s in plan.servers:
+                if s.edgepoint == self.cfg.edgepoint and "agent" in s.roles and s.address \
+                        and s.name not in refs and "agent" in s.ports:
+                    refs[s.name] = AgentRef(name=s.name, url=f"http://{s.address}:{s.ports['agent']}")
+        return list(refs.values())
+
+    # -- placements ------------------------------------------------------------------------
+    def _cookie_key(self, app: str) -> str:
+        path = self.cfg.state_dir / "cookie.key"
+        if not path.exists():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_hex(32))
+        secret = path.read_text().strip().encode()
+        return hmac.new(secret, app.encode(), hashlib.sha256).hexdigest()[:32]
+
+    def _load_placements(self) -> None:
+        saved = self.store.load_placements()
+        assignments: list[PlacementAssignment] = []
+        if saved:
+            for body in saved.values():
+                try:
+                    assignments.append(PlacementAssignment.model_validate(body))
+                except ValidationError as exc:
+                    log.error("stored placement unreadable, skipped: %s", exc)
+        elif self.cfg.plan is not None and self.cfg.plan.exists():
+            from edgeshot.plan import read_plan
+            plan = read_plan(self.cfg.plan)
+            for p in plan.placements:
+                if p.edgepoint == self.cfg.edgepoint:
+                    assignments.append(PlacementAssignment(placement=p, app=plan.app(p.app)))
+        for a in assignments:
+            self.placements[a.id] = PlacementRuntime(a, self.cfg, self._cookie_key(a.app.name))
+            self.by_app[a.app.name] = a.id
+
+    def _check_assignments(self, items: tuple[PlacementAssignment, ...]) -> None:
+        apps = set()
+        for a in items:
+            if a.placement.edgepoint != self.cfg.edgepoint:
+                raise ApiError(422, "wrong_edgepoint", f"placement {a.id} is for edgepoint "
+                               f"{a.placement.edgepoint!r}, this is {self.cfg.edgepoint!r}")
+            if a.app.name in apps:
+                raise ApiError(422, "duplicate", f"app {a.app.name} placed twice")
+            apps.add(a.app.name)
+            try:
+                H.render(H.HAProxyConf(edgepoint="x", listen="127.0.0.1", http_port=1,
+                                       run_dir=self.run_dir, apps=(
+                                           PlacementRuntime(a, self.cfg, "0" * 32).conf(()),)))
+            except H.HAProxyError as exc:
+                raise ApiError(422, "unroutable", f"placement {a.id}: {exc}") from None
+
+    async def set_placements(self, items: tuple[PlacementAssignment, ...]) -> None:
+        self._check_assignments(items)
+        new = {a.id: a for a in items}
+        before = {pid: pr.conf(()) for pid, pr in self.placements.items()}
+        removed = [pid for pid in self.placements if pid not in new]
+        for pid, a in new.items():
+            if pid in self.placements:
+                self.placements[pid].update(a)
+            else:
+                self.placements[pid] = PlacementRuntime(a, self.cfg, self._cookie_key(a.app.name))
+        self.store.save_placements({pid: json.loads(a.model_dump_json())
+                                    for pid, a in new.items()})
+        for pid in removed:
+            await self._retire(pid)
+        self.by_app = {pr.app: pid for pid, pr in self.placements.items()}
+        after = {pid: pr.conf(()) for pid, pr in self.placements.items()}
+        if before != after:
+            await self._reconfigure()
+        for pr in self.placements.values():
+            await self._reweigh(pr.app)
+
+    async def update_placement(self, pid: str, u: PlacementUpdate) -> PlacementAssignment:
+        pr = self.placements.get(pid)
+        if pr is None:
+            raise ApiError(404, "not_found", f"no placement {pid} here")
+        changes: dict[str, Any] = {}
+        if u.versions is not None:
+            changes["versions"] = u.versions
+        if u.global_share is not None:
+            changes["global_share"] = u.global_share
+        if u.cost_ceiling is not None:
+            changes["cost_ceiling"] = u.cost_ceiling
+        a = PlacementAssignment.model_validate({**pr.a.model_dump(), **changes})
+        pr.update(a)
+        self.store.save_placements({p: json.loads(x.a.model_dump_json())
+                                    for p, x in self.placements.items()})
+        await self._reweigh(pr.app)
+        return a
+
+    async def _retire(self, pid: str) -> None:
+        """A placement taken away: its instances stop, its warm pool goes."""
+        pr = self.placements.pop(pid)
+        tasks = []
+        for live in list(self.live.values()):
+            if live.placement == pid and live.state != "starting" and live.id not in self.busy:
+                tasks.append(self._suspend(Suspend(pid, live.id, live.server, keep=False,
+                                                   reason="placement-removed")))
+        for snap in list(self.snaps.values()):
+            if snap.placement == pid:
+                tasks.append(self._discard(Discard(pid, snap.id, snap.server, "placement-removed")))
+        self.placements[pid] = pr  # still known while its instances go
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self.placements.pop(pid, None)
+
+    # -- HAProxy ---------------------------------------------------------------------------
+    def _hconf(self) -> H.HAProxyConf:
+        apps = []
+        for pr in sorted(self.placements.values(), key=lambda p: p.app):
+            servers = tuple(H.Server(lv.id, lv.address, weight=lv.weight or 1,
+                                     draining=lv.state == "draining")
+                            for lv in sorted(self.live.values(), key=lambda x: x.id)
+                            if lv.app == pr.app and lv.address and lv.state != "starting")
+            apps.append(pr.conf(servers))
+        self.hconf = H.HAProxyConf(edgepoint=self.cfg.edgepoint, listen=self.cfg.listen,
+                                   http_port=self.cfg.http_port, run_dir=self.run_dir,
+                                   apps=tuple(apps), log_sample=self.cfg.log_sample,
+                                   nbthread=self.cfg.nbthread)
+        return self.hconf
+
+    async def _start_haproxy(self) -> None:
+        assert self.haproxy is not None
+        conf = self._hconf()
+        rendered = H.render(conf)
+        on_disk = conf.config_path.read_text() if conf.config_path.exists() else None
+        self.haproxy.conf = conf
+        if self.haproxy.running():
+            # adopt: same configuration -> sync servers live; else reload into it
+            if on_disk == rendered.text:
+                await self.haproxy.start()
+                self.worker = await self.haproxy.current_worker()
+                await self._sync_servers()
+                log.info("adopted the running HAProxy (worker %d)", self.worker)
+                return
+            H.write_config(conf, rendered)
+            await self.haproxy.start()  # adopts
+            await self._reload()
+            return
+        H.write_config(conf, rendered)
+        await self.haproxy.start()
+        self.worker = await self.haproxy.current_worker()
+        for lv in self.live.values():
+            if lv.state == "ready":
+                lv.cookie = await self._cookie_of(lv.app, lv.id)
+
+    async def _sync_servers(self) -> None:
+        """After adoption: HAProxy's dynamic servers match the instances the agents run."""
+        assert self.haproxy is not None
+        rt = self.haproxy.admin
+        state = await rt.servers_state()
+        have = {(s["be_name"], s["srv_name"]) for s in state if s.get("srv_name") != H.ACTIVATOR}
+        want = {(lv.app, lv.id): lv for lv in self.live.values()
+                if lv.address and lv.state == "ready"}
+        rows = await rt.show_stat()
+        self.meter.observe_stat(self.worker, rows)
+        for be, sv in have - set(want):
+            if be in self.by_app:
+                self._flush_now(only=lambda k, be=be, sv=sv: k[1] == be and k[2] == sv)
+                with contextlib.suppress(H.HAProxyError):
+                    await rt.remove_server(be, sv)
+                self.meter.forget_server(be, sv)
+        for (be, sv), lv in want.items():
+            if (be, sv) not in have:
+                await rt.add_server(be, H.Server(sv, lv.address, weight=lv.weight or 1),
+                                    affinity=self.placements[lv.placement].conf(()).affinity)
+            lv.cookie = await self._cookie_of(be, sv)
+        for app in {lv.app for lv in self.live.values()}:
+            await self._reweigh(app, force=True)
+
+    async def _reconfigure(self) -> None:
+        if self.mode == "activator":
+            self.activator.set_router(Router(self._hconf()))
+            return
+        await self._reload()
+
+    async def _reload(self) -> None:
+        """Write the configuration with the current instances and reload seamlessly; the
+        old worker's counters are read until it exits."""
+        assert self.haproxy is not None
+        async with self.reload_lock:
+            conf = self._hconf()
+            self.haproxy.conf = conf
+            H.write_config(conf, H.render(conf))
+            with contextlib.suppress(Exception):
+                await self._observe_usage()
+            self._flush_now()
+            old = self.worker
+            self.worker = await self.haproxy.reload()
+            if old and old != self.worker:
+                self.old_workers.add(old)
+            for lv in self.live.values():
+                if lv.state == "ready":
+                    lv.cookie = await self._cookie_of(lv.app, lv.id)
+            log.info("HAProxy reloaded (worker %d -> %d)", old, self.worker)
+
+    async def reload(self) -> None:
+        """A reload on demand (tests, operators)."""
+        if self.mode == "haproxy":
+            await self._reload()
+
+    async def _cookie_of(self, app: str, server: str) -> str | None:
+        if self.haproxy is None:
+            return None
+        pr = self.placements.get(self.by_app.get(app, ""))
+        if pr is None or not pr.conf(()).affinity:
+            return None
+        for r in await self.haproxy.admin.show_stat():
+            if r.get("pxname") == app and r.get("svname") == server:
+                return r.get("cookie") or None
+        return None
+
+    async def _reweigh(self, app: str, force: bool = False) -> None:
+        """Server weights from version weights: each version's share split evenly over
+        its ready instances (HAProxy weights 0-256)."""
+        pid = self.by_app.get(app)
+        if pid is None:
+            return
+        pr = self.placements[pid]
+        ready: dict[str, list[Live]] = {}
+        for lv in self.live.values():
+            if lv.app == app and lv.state == "ready":
+                ready.setdefault(lv.version, []).append(lv)
+        wanted = {v: w for v, w in pr.weights}
+        total = sum(w for v, w in wanted.items() if ready.get(v)) or 1
+        raw: dict[str, float] = {}
+        for v, lvs in ready.items():
+            share = wanted.get(v, 0) / total
+            for lv in lvs:
+                raw[lv.id] = share / len(lvs)
+        top = max(raw.values(), default=0) or 1
+        for lvs in ready.values():
+            for lv in lvs:
+                w = 0 if raw[lv.id] <= 0 else max(1, round(256 * raw[lv.id] / top))
+                if w != lv.weight or force:
+                    lv.weight = w
+                    if self.mode == "haproxy" and self.haproxy is not None:
+                        with contextlib.suppress(H.HAProxyError, OSError):
+                            await self.haproxy.admin.set_weight(app, lv.id, w)
+
+    # -- agents ----------------------------------------------------------------------------
+    async def _adopt_instances(self) -> None:
+        """At start: the instances the agents run or keep snapshotted for our apps."""
+        await self._poll_agents(adopt=True)
+
+    async def _poll_agents(self, adopt: bool = False) -> None:
+        async def one(name: str, agent: AgentClient):
+            try:
+                cap, insts = await asyncio.gather(agent.capacity(), agent.list_instances())
+            except (AgentError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                if self.agent_ok.get(name, True):
+                    log.warning("agent %s unreachable: %s", name, exc)
+                self.agent_ok[name] = False
+                return
+            self.agent_ok[name] = True
+            self.capacity[name] = (cap, time.monotonic())
+            self._merge_instances(name, insts, adopt)
+
+        await asyncio.gather(*(one(n, a) for n, a in self.agents.items()))
+
+    def _merge_instances(self, server: str, insts: list[InstanceInfo], adopt: bool) -> None:
+        now = time.monotonic()
+        seen = set()
+        for info in insts:
+            pid = self.by_app.get(info.app)
+            if pid is None:
+                continue
+            seen.add(info.id)
+            if info.state == "snapshotted":
+                if info.id not in self.snaps and info.id not in self.busy \
+                        and info.id not in self.live:
+                    self.snaps[info.id] = Snap(info.id, pid, info.version, server,
+                                               now - info.age_s)
+                continue
+            if info.state == "running":
+                self.snaps.pop(info.id, None)
+            lv = self.live.get(info.id)
+            if lv is None:
+                if info.state == "running" and info.address and info.id not in self.busy \
+                        and info.id not in self.gone:
+                    if not adopt and info.age_s < 10:
+                        continue  # probably ours, mid-restore: the restore task adds it
+                    self.live[info.id] = Live(info.id, pid, info.app, info.version, server,
+                                              "ready", info.address, info.owner, info.vendor)
+                    self.store.remember(InstanceMeta(info.id, info.app, info.version,
+                                                     info.owner, info.vendor, server,
+                                                     info.address), datetime.now(UTC))
+                    if not adopt and self.mode == "haproxy":
+                        self._spawn(self._add_to_haproxy(self.live[info.id]))
+                continue
+            if lv.state == "ready" and (info.state in ("failed", "stopped")
+                                        or info.health == "unhealthy"):
+                lv.state = "unhealthy"
+        for lv in self.live.values():
+            if lv.server == server and lv.state == "ready" and lv.id not in seen \
+                    and now - lv.since > 5:
+                lv.state = "unhealthy"  # the agent no longer has it
+        for sid in [s for s, sn in self.snaps.items() if sn.server == server
+                    and s not in seen and s not in self.busy]:
+            self.snaps.pop(sid)
+
+    async def _add_to_haproxy(self, lv: Live) -> None:
+        assert self.haproxy is not None
+        pr = self.placements.get(lv.placement)
+        if pr is None or lv.address is None:
+            return
+        await self.haproxy.admin.add_server(pr.app, H.Server(lv.id, lv.address,
+                                                             weight=lv.weight or 1),
+                                            affinity=pr.conf(()).affinity)
+        lv.cookie = await self._cookie_of(pr.app, lv.id)
+        await self._reweigh(pr.app)
+        self.activator.notify(pr.app)
+
+    # -- observe, decide, act --------------------------------------------------------------
+    async def _observe_usage(self) -> list[dict[str, str]]:
+        assert self.haproxy is not None
+        rows = await self.haproxy.admin.show_stat()
+        self.meter.observe_stat(self.worker, rows)
+        return rows
+
+    async def _tick(self) -> None:
+        if self._stopping:
+            return
+        now = time.monotonic()
+        rows = await self._observe_usage() if self.mode == "haproxy" else []
+        conc: dict[str, float] = {}
+        for r in rows:
+            px, sv = r.get("pxname", ""), r.get("svname", "")
+            pid = self.by_app.get(px)
+            if pid is None:
+                continue
+            if sv == "BACKEND":
+                conc[px] = conc.get(px, 0.0) + _f(r.get("qcur"))
+                req = int(_f(r.get("req_tot")))
+                pr = self.placements[pid]
+                if pr.req_seen is not None and pr.req_seen[0] == self.worker \
+                        and req > pr.req_seen[1]:
+                    pr.last_request = now
+                pr.req_seen = (self.worker, req)
+                continue
+            if sv == H.ACTIVATOR:
+                continue
+            lv = self.live.get(sv)
+            if lv is None:
+                continue
+            lv.scur = _f(r.get("scur"))
+            conc[px] = conc.get(px, 0.0) + lv.scur
+            status = r.get("status", "")
+            if lv.state == "ready" and status.startswith("DOWN"):
+                lv.down_since = lv.down_since or now
+                lv.state = "unhealthy"
+                log.warning("instance %s of %s is down in HAProxy (%s): replacing it",
+                            lv.id, px, r.get("check_status") or status)
+        for app, pid in self.by_app.items():
+            pr = self.placements[pid]
+            q = self.activator.queued(app)
+            if q:
+                pr.last_request = now
+            if self.mode == "activator":
+                c = sum(lv.scur for lv in self.live.values() if lv.app == app)
+                conc[app] = c
+            c = conc.get(app, 0.0) + q
+            pr.stable.add(now, c)
+            pr.panic.add(now, c)
+            self.m_queued.labels(app, self.cfg.edgepoint).set(q)
+        view = self._view(now)
+        t0 = time.perf_counter()
+        d = decide(view, self.memory, now, self.tuning)
+        self.m_decide_s.labels(self.cfg.edgepoint).observe(time.perf_counter() - t0)
+        self.memory = d.memory
+        self.last = d
+        for a in d.actions:
+            self._act(a)
+        self._update_gauges(d)
+
+    def _view(self, now: float) -> EdgeView:
+        by_p: dict[str, list[Inst]] = {}
+        for lv in self.live.values():
+            by_p.setdefault(lv.placement, []).append(
+                Inst(lv.id, lv.version, lv.server, lv.state, lv.scur))
+        snaps: dict[str, list[Snapshotted]] = {}
+        for sn in self.snaps.values():
+            if sn.id not in self.busy:
+                snaps.setdefault(sn.placement, []).append(
+                    Snapshotted(sn.id, sn.version, sn.server, sn.since))
+        ps = []
+        for pid, pr in self.placements.items():
+            pol = pr.policy
+            ps.append(PlacementView(
+                pid, pol, priority=pr.a.placement.priority, global_share=pr.a.share,
+                cost_ceiling=pr.a.ceiling, weights=pr.weights, cpu=pr.cpu, memory=pr.memory,
+                stable_concurrency=pr.stable.mean(), panic_concurrency=pr.panic.mean(),
+                latency_ms=self.book.latency(pr.app, pol.percentile, self.cfg.stable_window_s),
+                panic_latency_ms=self.book.latency(pr.app, pol.percentile,
+                                                   self.cfg.panic_window_s),
+                queued=self.activator.queued(pr.app),
+                idle_s=now - pr.last_request if pr.last_request > -math.inf else math.inf,
+                instances=tuple(by_p.get(pid, ())), snapshotted=tuple(snaps.get(pid, ()))))
+        return EdgeView(tuple(ps), tuple(self._servers(now)))
+
+    def _servers(self, now: float) -> list[ServerView]:
+        out = []
+        for name in self.agents:
+            got = self.capacity.get(name)
+            healthy = self.agent_ok.get(name, False) and \
+                now - self.restore_failed.get(name, -math.inf) > self.cfg.restore_backoff_s
+            if got is None:
+                out.append(ServerView(name, 0, 0, 0, healthy=False))
+                continue
+            cap, at = got
+            pending = [lv for lv in self.live.values()
+                       if lv.server == name and lv.state == "starting" and lv.since >= at]
+            cpu = sum(self.placements[lv.placement].cpu for lv in pending
+                      if lv.placement in self.placements)
+            mem = sum(self.placements[lv.placement].memory for lv in pending
+                      if lv.placement in self.placements)
+            out.append(ServerView(name, int(cap.slots.free) - len(pending),
+                                  cap.cpu.free - cpu, cap.memory.free - mem, healthy=healthy))
+        return out
+
+    def _update_gauges(self, d: Decision) -> None:
+        counts: dict[tuple[str, str, str], int] = {}
+        for lv in self.live.values():
+            counts[(lv.placement, lv.version, lv.state)] = \
+                counts.get((lv.placement, lv.version, lv.state), 0) + 1
+        for sn in self.snaps.values():
+            counts[(sn.placement, sn.version, "snapshotted")] = \
+                counts.get((sn.placement, sn.version, "snapshotted"), 0) + 1
+        self.m_instances.clear()
+        for (pid, v, st), n in counts.items():
+            pr = self.placements.get(pid)
+            if pr is not None:
+                self.m_instances.labels(pr.app, v, self.cfg.edgepoint, pr.a.placement.owner,
+                                        st).set(n)
+        self.m_capacity.clear()
+        for pid, rep in d.reports.items():
+            pr = self.placements.get(pid)
+            if pr is not None and rep.unmet:
+                self.m_capacity.labels(pr.app, self.cfg.edgepoint,
+                                       pr.a.placement.owner).set(rep.unmet)
+
+    def _spawn(self, coro) -> asyncio.Task[Any]:
+        t = asyncio.create_task(coro)
+        self.tasks.add(t)
+        t.add_done_callback(self.tasks.discard)
+        return t
+
+    def _act(self, a: Restore | Suspend | Discard) -> None:
+        if isinstance(a, Restore):
+            pr = self.placements.get(a.placement)
+            if pr is None or (a.from_snapshot and a.from_snapshot in self.busy):
+                return
+            hold = Live(f"pending-{uuid.uuid4().hex[:12]}", a.placement, pr.app, a.version,
+                        a.server, "starting", owner=pr.a.placement.owner,
+                        vendor=pr.a.placement.vendor)
+            self.live[hold.id] = hold
+            if a.from_snapshot:
+                self.busy.add(a.from_snapshot)
+            self._spawn(self._restore(a, hold))
+        elif isinstance(a, Suspend):
+            lv = self.live.get(a.instance)
+            if lv is None or a.instance in self.busy or lv.state == "starting":
+                return
+            self.busy.add(a.instance)
+            lv.state = "draining"
+            self._spawn(self._suspend(a))
+        elif isinstance(a, Discard):
+            if a.instance in self.busy:
+                return
+            self.busy.add(a.instance)
+            self._spawn(self._discard(a))
+
+    async def _restore(self, a: Restore, hold: Live) -> None:
+        pr = self.placements.get(a.placement)
+        agent = self.agents.get(a.server)
+        t0 = time.monotonic()
+        labels = (hold.app, a.version, self.cfg.edgepoint, hold.owner)
+        try:
+            if pr is None or agent is None:
+                return
+            if a.from_snapshot:
+                info = await agent.create_instance(from_snapshot=a.from_snapshot)
+                self.snaps.pop(a.from_snapshot, None)
+            else:
+                info = await agent.create_instance(pr.a.appshot(a.version), owner=hold.owner,
+                                                   vendor=hold.vendor)
+            if info.state != "running" or not info.address:
+                raise AgentError(f"instance {info.id} is {info.state} without an address")
+            lv = Live(info.id, a.placement, pr.app, info.version, a.server, "ready",
+                      info.address, info.owner, info.vendor)
+            self.store.remember(InstanceMeta(info.id, info.app, info.version, info.owner,
+                                             info.vendor, a.server, info.address),
+                                datetime.now(UTC))
+            self.live[lv.id] = lv
+            self.live.pop(hold.id, None)
+            if a.placement not in self.placements:  # taken away meanwhile
+                await self._suspend(Suspend(a.placement, lv.id, lv.server, keep=False,
+                                            reason="placement-removed"))
+                return
+            if self.mode == "haproxy":
+                await self._add_to_haproxy(lv)
+            else:
+                await self._reweigh(pr.app)
+                self.activator.notify(pr.app)
+            self.m_restores.labels(*labels, "ok",
+                                   "snapshot" if a.from_snapshot else "appshot").inc()
+            self.m_restore_s.labels(*labels).observe(time.monotonic() - t0)
+            log.info("restored %s of %s on %s (%s, %s) in %.0f ms", lv.id, pr.app, a.server,
+                     "snapshot" if a.from_snapshot else "appshot", a.reason,
+                     (time.monotonic() - t0) * 1000)
+        except (AgentError, H.HAProxyError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            self.restore_failed[a.server] = time.monotonic()
+            self.m_restores.labels(*labels, "failed",
+                                   "snapshot" if a.from_snapshot else "appshot").inc()
+            log.error("restore of %s %s on %s failed: %s", hold.app, a.version, a.server, exc)
+        finally:
+            self.live.pop(hold.id, None)
+            if a.from_snapshot:
+                self.busy.discard(a.from_snapshot)
+
+    async def _suspend(self, a: Suspend) -> None:
+        lv = self.live.get(a.instance)
+        try:
+            if lv is None:
+                return
+            self.busy.add(lv.id)
+            lv.state = "draining"
+            if self.mode == "haproxy" and self.haproxy is not None:
+                await self._drain_from_haproxy(lv)
+            else:
+                await self._reweigh(lv.app)
+                deadline = time.monotonic() + self.cfg.drain_timeout_s
+                while lv.scur > 0 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)
+                self._flush_now(only=lambda k: k[2] == lv.id)
+                self.meter.forget_server(lv.app, lv.id)
+            agent = self.agents.get(lv.server)
+            kept = False
+            if agent is not None and lv.state != "unhealthy" and a.keep:
+                try:
+                    info = await agent.snapshot_instance(lv.id)
+                    self.snaps[lv.id] = Snap(lv.id, lv.placement, lv.version, lv.server,
+                                             time.monotonic())
+                    kept = info.state == "snapshotted"
+                except AgentError as exc:
+                    log.warning("snapshot of %s failed (%s): stopping it", lv.id, exc)
+            if agent is not None and not kept:
+                with contextlib.suppress(AgentError):
+                    await agent.stop_instance(lv.id)
+            self.m_suspends.labels(lv.app, lv.version, self.cfg.edgepoint, lv.owner, a.reason,
+                                   str(kept).lower()).inc()
+            log.info("%s %s of %s (%s)", "snapshotted" if kept else "stopped", lv.id, lv.app,
+                     a.reason)
+        except (AgentError, H.HAProxyError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.error("taking %s out failed: %s", a.instance, exc)
+        finally:
+            self.live.pop(a.instance, None)
+            self.gone[a.instance] = time.monotonic()
+            self.busy.discard(a.instance)
+            if lv is not None:
+                await self._reweigh(lv.app)
+
+    async def _drain_from_haproxy(self, lv: Live) -> None:
+        """No new requests, in-flight ones finish; counters stored; then deleted."""
+        assert self.haproxy is not None
+        rt = self.haproxy.admin
+        with contextlib.suppress(H.HAProxyError):
+            await rt.drain(lv.app, lv.id)
+        deadline = time.monotonic() + self.cfg.drain_timeout_s
+        while True:
+            rows = await rt.show_stat()
+            row = next((r for r in rows if r.get("pxname") == lv.app
+                        and r.get("svname") == lv.id), None)
+            if row is None or _f(row.get("scur")) <= 0 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.02)
+        self.meter.observe_stat(self.worker, rows)
+        for w in list(self.old_workers):
+            old = await self.haproxy.worker_stats(w)
+            if old is not None:
+                self.meter.observe_stat(w, old)
+        self._flush_now(only=lambda k: k[1] == lv.app and k[2] == lv.id)
+        try:
+            await rt.remove_server(lv.app, lv.id)
+        except H.HAProxyError as exc:
+            log.warning("removing %s from HAProxy: %s", lv.id, exc)
+        self.meter.forget_server(lv.app, lv.id)
+
+    async def _discard(self, a: Discard) -> None:
+        try:
+            agent = self.agents.get(a.server)
+            if agent is not None:
+                await agent.stop_instance(a.instance)
+            self.snaps.pop(a.instance, None)
+            log.info("discarded the snapshot of %s (%s)", a.instance, a.reason)
+        except (AgentError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+            log.warning("discarding %s failed: %s", a.instance, exc)
+        finally:
+            self.busy.discard(a.instance)
+
+    # -- activator hooks ------------------------------------------------------------------
+    def _targets(self, app: str) -> dict[str, list[Target]]:
+        ready: dict[str, list[Target]] = {}
+        pr = self.placements.get(self.by_app.get(app, ""))
+        affinity = pr is not None and pr.conf(()).affinity
+        for lv in self.live.values():
+            if lv.app == app and lv.state == "ready" and lv.address:
+                cookie = lv.cookie if self.mode == "haproxy" else lv.id
+                ready.setdefault(lv.version, []).append(Target(
+                    lv.id, lv.version, lv.address, cookie=cookie if affinity else None,
+                    cookie_name=f"ES_{app.replace('-', '_')}" if affinity else None))
+        return ready
+
+    def _pick(self, app: str, cookie: str | None) -> Target | None:
+        pr = self.placements.get(self.by_app.get(app, ""))
+        if pr is None:
+            return None
+        t = self.picker.choose(app, self._targets(app), dict(pr.weights), cookie)
+        if t is not None and self.mode == "activator":
+            lv = self.live.get(t.instance)
+            if lv is not None:
+                lv.scur += 1
+        return t
+
+    def _demand(self, app: str) -> None:
+        pid = self.by_app.get(app)
+        if pid is not None:
+            self.placements[pid].last_request = time.monotonic()
+            self.wake.set()  # decide now rather than at the next tick: a user waits
+
+    def _served(self, app: str, t: Target, ms: float, status: int, b_in: int, b_out: int,
+                region: str, held: bool) -> None:
+        self.m_activator.labels(app, self.cfg.edgepoint, str(status)).inc()
+        if t.instance == "origin":
+            self.book.record(app, ORIGIN, int(ms), status, region)
+            return
+        self.book.record(app, t.version, int(ms), status, region, held=held)
+        self.meter.count_activator(app, t.instance, b_in, b_out)
+        lv = self.live.get(t.instance)
+        if self.mode == "activator" and lv is not None:
+            lv.scur = max(0.0, lv.scur - 1)
+        pid = self.by_app.get(app)
+        if pid is not None:
+            self.placements[pid].last_request = time.monotonic()
+
+    def _on_log(self, data: bytes) -> None:
+        self.m_log_lines.labels(self.cfg.edgepoint).inc()
+        p = parse_line(data)
+        if p is None:
+            return
+        backend, server, status, ms, region = p
+        if server == H.ACTIVATOR or backend.startswith("edgeshot."):
+            return  # the activator records its own; unknown apps are not history
+        if backend.endswith(".origin"):
+            app, version = backend[: -len(".origin")], ORIGIN
+        else:
+            lv = self.live.get(server)
+            app = backend
+            if lv is not None:
+                version = lv.version
+            else:
+                meta = self.store.instance(server)
+                version = meta.version if meta else "?"
+        if app not in self.by_app:
+            return
+        self.book.record(app, version, ms, status, region, n=self.cfg.log_sample)
+
+    # -- usage and history ---------------------------------------------------------------
+    def _resolve(self, instance: str) -> InstanceMeta | None:
+        lv = self.live.get(instance)
+        if lv is not None:
+            return InstanceMeta(lv.id, lv.app, lv.version, lv.owner, lv.vendor, lv.server,
+                                lv.address)
+        return self.store.instance(instance)
+
+    def _flush_now(self, only=None) -> int:
+        return self.meter.flush(self._resolve, only=only)
+
+    async def _flush_usage(self) -> None:
+        if self.mode == "haproxy" and self.haproxy is not None:
+            await self._observe_usage()
+            for w in list(self.old_workers):
+                rows = await self.haproxy.worker_stats(w)
+                if rows is None or not _alive(w):
+                    self._flush_now()
+                    self.meter.forget_worker(w)
+                    self.old_workers.discard(w)
+                else:
+                    self.meter.observe_stat(w, rows)
+        self._flush_now()
+
+    async def _flush_history(self) -> None:
+        self.book.flush(self.store)
+        cutoff = time.monotonic() - 60
+        for k in [k for k, t in self.gone.items() if t < cutoff]:
+            del self.gone[k]
+
+    # -- reports -----------------------------------------------------------------------------
+    def load(self) -> EdgeLoad:
+        now = time.monotonic()
+        d = self.last
+        places = []
+        for pid, pr in self.placements.items():
+            rep = d.reports.get(pid) if d else None
+            lvs = [lv for lv in self.live.values() if lv.placement == pid]
+            snaps = [sn for sn in self.snaps.values() if sn.placement == pid]
+            ready = sum(lv.state == "ready" for lv in lvs)
+            starting = sum(lv.state == "starting" for lv in lvs)
+            versions = []
+            window = min(60.0, self.cfg.stable_window_s)
+            for v, w in pr.weights:
+                counts, errors = self.book.window(pr.app, window, version=v)
+                n = sum(counts.values())
+                versions.append(VersionLoad(
+                    version=v, weight=w,
+                    ready=sum(lv.state == "ready" and lv.version == v for lv in lvs),
+                    starting=sum(lv.state == "starting" and lv.version == v for lv in lvs),
+                    snapshotted=sum(sn.version == v for sn in snaps), requests=n, errors=errors,
+                    rps=n / window, error_rate=errors / n if n else 0.0,
+                    p50_ms=percentile(counts, 50), p95_ms=percentile(counts, 95),
+                    p99_ms=percentile(counts, 99), window_s=window))
+            current = ready + starting
+            places.append(PlacementLoad(
+                id=pid, app=pr.app, owner=pr.a.placement.owner, priority=pr.a.placement.priority,
+                ready=ready, starting=starting,
+                draining=sum(lv.state == "draining" for lv in lvs), snapshotted=len(snaps),
+                concurrency=pr.stable.mean(), panic_concurrency=pr.panic.mean(),
+                queued=self.activator.queued(pr.app),
+                latency_ms=self.book.latency(pr.app, pr.policy.percentile,
+                                             self.cfg.stable_window_s),
+                idle_s=now - pr.last_request if pr.last_request > -math.inf else None,
+                desired=rep.desired if rep else current, target=rep.target if rep else current,
+                limit=rep.limit if rep else min(pr.policy.max, pr.a.share, pr.a.ceiling),
+                limited_by=rep.limited_by if rep else None, panic=rep.panic if rep else False,
+                at_capacity=bool(rep and rep.unmet), unmet=rep.unmet if rep else 0,
+                versions=versions))
+        servers = []
+        for name in self.agents:
+            got = self.capacity.get(name)
+            cap = got[0] if got else None
+            servers.append(ServerLoad(
+                name=name, healthy=self.agent_ok.get(name, False),
+                restores=cap.restores if cap else None,
+                slots_total=int(cap.slots.total) if cap else None,
+                slots_free=int(cap.slots.free) if cap else None,
+                cpu_free=cap.cpu.free if cap else None,
+                memory_free=int(cap.memory.free) if cap else None,
+                instances=sum(lv.server == name for lv in self.live.values())))
+        return EdgeLoad(edgepoint=self.cfg.edgepoint, at=datetime.now(UTC), mode=self.mode,
+                        placements=places, servers=servers,
+                        at_capacity=[p.id for p in places if p.at_capacity],
+                        slots_free=sum(s.slots_free or 0 for s in servers if s.healthy))
+
+    def health(self) -> EdgeHealth:
+        return EdgeHealth(status="ok", edgepoint=self.cfg.edgepoint, version=__version__,
+                          mode=self.mode, mode_reason=self.mode_reason,
+                          haproxy_version=self.haproxy.version() if self.haproxy else None,
+                          uptime_s=time.monotonic() - self.started,
+                          placements=len(self.placements),
+                          instances=sum(lv.state == "ready" for lv in self.live.values()),
+                          agents_up=sum(self.agent_ok.get(n, False) for n in self.agents),
+                          agents_total=len(self.agents), source=self.source)
+
+    async def metrics(self) -> str:
+        own = generate_latest(self.registry).decode()
+        if self.mode != "haproxy" or self.haproxy is None:
+            return own
+        try:
+            conn = aiohttp.UnixConnector(path=str(self.run_dir / "promex.sock"))
+            async with aiohttp.ClientSession(connector=conn) as s, \
+                    s.get("http://haproxy/metrics",
+                          timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                theirs = await resp.text()
+        except (aiohttp.ClientError, OSError, TimeoutError):
+            theirs = "# HAProxy's exporter did not answer\n"
+        return own + theirs
+
+    # -- API ---------------------------------------------------------------------------------
+    async def _start_api(self) -> None:
+        app = build_api(self)
+        self._api_runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._api_runner.setup()
+        await web.TCPSite(self._api_runner, self.cfg.api_listen or self.cfg.listen,
+                          self.cfg.api_port, reuse_address=True).start()
+
+
+def _f(v: str | None) -> float:
+    try:
+        return float(v) if v else 0.0
+    except ValueError:
+        return 0.0
+
+
+def _alive(pid: int) -> bool:
+    return H._alive(pid)
+
+
+# -- the edge API -----------------------------------------------------------------------------
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str,
+                 detail: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.detail = status, code, message, detail
+
+
+def _json(model: BaseModel | dict, status: int = 200) -> web.Response:
+    text = model.model_dump_json() if isinstance(model, BaseModel) else json.dumps(model)
+    return web.Response(status=status, text=text, content_type="application/json")
+
+
+def _error(status: int, code: str, message: str, detail: list[str] | None = None) -> web.Response:
+    body: dict[str, Any] = {"error": message, "code": code}
+    if detail:
+        body["detail"] = detail
+    return web.Response(status=status, text=json.dumps(body), content_type="application/json")
+
+
+@web.middleware
+async def _errors(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return _error(exc.status, exc.code, exc.message, exc.detail)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _error(exc.status, exc.reason.lower().replace(" ", "_"), exc.reason)
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("unexpected error in %s %s", request.method, request.path)
+        return _error(500, "internal", "internal error (logged by the edge)")
+
+
+async def _body(request: web.Request, model: type[BaseModel]) -> Any:
+    raw = await request.read()
+    if not raw:
+        raise ApiError(400, "no_body", f"this endpoint needs a JSON body ({model.__name__})")
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        detail = [f"{'.'.join(str(p) for p in e['loc']) or '(body)'}: {e['msg']}"
+                  for e in exc.errors(include_url=False)][:20]
+        raise ApiError(422, "invalid", f"invalid {model.__name__}: " + "; ".join(detail[:3]),
+                       detail=detail) from None
+
+
+def _int_query(request: web.Request, name: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(name)
+    if raw is None:
+        return default
+    try:
+        v = int(raw)
+    except ValueError:
+        raise ApiError(400, "bad_query", f"{name} must be an integer") from None
+    if not lo <= v <= hi:
+        raise ApiError(400, "bad_query", f"{name} must be between {lo} and {hi}")
+    return v
+
+
+def _time_query(request: web.Request, name: str, default: datetime) -> str:
+    raw = request.query.get(name)
+    if raw is None:
+        t = default
+    else:
+        try:
+            t = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            raise ApiError(400, "bad_query", f"{name} must be an ISO 8601 time") from None
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=UTC)
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%MZ")
+
+
+def build_api(edge: Edge) -> web.Application:
+    """The edge API (tests may run it in-process with ``edge.tokens``)."""
+    tokens = edge.tokens or auth.TokenStore.from_file(edge.cfg.tokens_file)
+
+    @requires(*READ)
+    async def health(request: web.Request) -> web.Response:
+        return _json(edge.health())
+
+    @requires(*READ)
+    async def get_placements(request: web.Request) -> web.Response:
+        return _json(PlacementList(placements=[pr.a for pr in edge.placements.values()]))
+
+    @requires(*WRITE)
+    async def put_placements(request: web.Request) -> web.Response:
+        body = await _body(request, PlacementSet)
+        try:
+            await edge.set_placements(body.placements)
+        except H.HAProxyError as exc:
+            raise ApiError(422, "refused", str(exc)) from None
+        return _json(PlacementList(placements=[pr.a for pr in edge.placements.values()]))
+
+    @requires(*WRITE)
+    async def patch_placement(request: web.Request) -> web.Response:
+        body = await _body(request, PlacementUpdate)
+        pid = f"{request.match_info['app']}/{request.match_info['edgepoint']}"
+        return _json(await edge.update_placement(pid, body))
+
+    @requires(*READ)
+    async def load(request: web.Request) -> web.Response:
+        return _json(edge.load())
+
+    def _owner_apps(request: web.Request) -> set[str] | None:
+        p: auth.Principal = request["principal"]
+        if p.has(CONTROLLER_EDGE, OPERATOR):
+            return None
+        return {pr.app for pr in edge.placements.values() if pr.a.placement.owner in p.owners}
+
+    def _window(request: web.Request) -> tuple[str, str, str | None]:
+        now = datetime.now(UTC)
+        since = _time_query(request, "since", now - timedelta(hours=1))
+        until = _time_query(request, "until", now + timedelta(minutes=1))
+        return since, until, request.query.get("app")
+
+    @requires(*READ, "owner:*")
+    async def latency(request: web.Request) -> web.Response:
+        since, until, app = _window(request)
+        rows = edge.store.latency_history(since, until, app, _owner_apps(request))
+        return _json(LatencyHistory(edgepoint=edge.cfg.edgepoint, minutes=rows))
+
+    @requires(*READ, "owner:*")
+    async def regions(request: web.Request) -> web.Response:
+        since, until, app = _window(request)
+        rows = edge.store.region_history(since, until, app, _owner_apps(request))
+        return _json(RegionHistory(edgepoint=edge.cfg.edgepoint, minutes=rows))
+
+    @requires(*READ)
+    async def usage(request: web.Request) -> web.Response:
+        after = _int_query(request, "after", 0, 0, 2**62)
+        limit = _int_query(request, "limit", 1000, 1, 10000)
+        return _json(edge.meter.page(after, limit))
+
+    @requires(*READ)
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(text=await edge.metrics(),
+                            content_type="text/plain", charset="utf-8")
+
+    @requires(*WRITE)
+    async def reload(request: web.Request) -> web.Response:
+        await edge.reload()
+        return _json({"worker": edge.worker})
+
+    app = web.Application(middlewares=[_errors, auth.middleware(tokens)], client_max_size=64 << 20)
+    app.router.add_get("/v1/health", health)
+    app.router.add_get("/v1/placements", get_placements)
+    app.router.add_put("/v1/placements", put_placements)
+    app.router.add_patch("/v1/placements/{app}/{edgepoint}", patch_placement)
+    app.router.add_get("/v1/load", load)
+    app.router.add_get("/v1/history/latency", latency)
+    app.router.add_get("/v1/history/regions", regions)
+    app.router.add_get("/v1/usage", usage)
+    app.router.add_post("/v1/reload", reload)
+    app.router.add_get("/metrics", metrics)
+    return app
+
+
+# -- running ---------------------------------------------------------------------------------
+def configure_logging(level: str) -> None:
+    logging.basicConfig(level=getattr(logging, level),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+async def serve(cfg: EdgeConfig) -> None:
+    """Run until SIGTERM/SIGINT, then stop gracefully."""
+    try:
+        tokens = auth.TokenStore.from_file(cfg.tokens_file)
+    except auth.AuthError as exc:
+        raise ConfigError(str(exc)) from None
+    edge = Edge(cfg, tokens=tokens)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await edge.start()
+    except BaseException:
+        with contextlib.suppress(Exception):
+            await edge.stop()
+        raise
+    await stop.wait()
+    log.info("edge %s stopping", cfg.edgepoint)
+    await edge.stop()
+
+
+def run(cfg: EdgeConfig) -> None:
+    configure_logging(cfg.log_level)
+    asyncio.run(serve(cfg))
