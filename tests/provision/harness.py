@@ -48,6 +48,7 @@ class Run:
     secret_outputs: set[str]
     warnings: list[str] = field(default_factory=list)
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    component_outputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # by URN
 
     def of(self, type_: str) -> list[Res]:
         return [r for r in self.resources if r.type == type_]
@@ -77,6 +78,7 @@ class _Monitor(MockMonitor):
     def __init__(self, mocks: Mocks) -> None:
         super().__init__(mocks)
         self.registered: list[Res] = []
+        self.component_outputs: dict[str, dict[str, Any]] = {}
 
     def RegisterResource(self, request):  # noqa: N802 (gRPC name)
         response = super().RegisterResource(request)
@@ -86,6 +88,11 @@ class _Monitor(MockMonitor):
             self.registered.append(Res(request.type, request.name, response.urn, request.parent,
                                        inputs, rec.id, request.custom, dict(rec.state or {})))
         return response
+
+    def RegisterResourceOutputs(self, request):  # noqa: N802 (gRPC name)
+        self.component_outputs[request.urn] = pulumi.runtime.rpc.deserialize_properties(
+            request.outputs)
+        return super().RegisterResourceOutputs(request)
 
 
 def _number(*parts: str) -> int:
@@ -160,4 +167,5 @@ def run(program: Callable[[], Any], config: dict[str, Any], secret_keys: tuple[s
     finally:
         pulumi.log.warn = original
         pulumi.runtime.set_all_config({}, [])
-    return Run(monitor.registered, outputs, secret, warnings, mocks.calls)
+    return Run(monitor.registered, outputs, secret, warnings, mocks.calls,
+               monitor.component_outputs)

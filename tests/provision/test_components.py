@@ -358,3 +358,70 @@ def test_secrets_are_secret_and_nowhere_else(shop, signing_key):
 
 def test_no_warning_when_operators_are_declared(shop):
     assert shop[1].warnings == []
+
+
+def test_components_register_their_outputs(shop):
+    provider, run, plan = shop
+    outs = {r.name: run.component_outputs[r.urn] for r in run.resources
+            if r.type.startswith("edgeshot:provision:")}
+    network = outs[plan.network]
+    # (the engine's wire format: numbers are floats, nulls are left out)
+    assert {n: v["address"] for n, v in network["inventory"]["servers"].items()} == {
+        n: v["address"] for n, v in run.outputs["inventory"]["servers"].items()}
+    assert network["controller_address"] == public_ip(provider, run, "controller")
+    for ep in plan.edgepoints:
+        assert outs[ep.name] == {"name": ep.name, "region": ep.region,
+                                 "private_subnet": ep.private_subnet,
+                                 "servers": list(ep.servers),
+                                 "edge_address": public_ip(provider, run, ep.edge_host)}
+    for s in (plan.controller, *plan.servers):
+        got = outs[s.name]
+        assert got["address"] == public_ip(provider, run, s.name)
+        assert (got["name"], got.get("edgepoint"), got["region"]) == (s.name, s.edgepoint, s.region)
+        assert got["cloud_id"] == run.one(SERVER_TYPE[provider], s.name).id
+
+
+def test_aws_site_wiring(run_stack, plans):
+    run, plan = run_stack("aws"), plans["aws"]
+    sites = {"controller": (plan.controller.location, plan.controller_subnet),
+             **{ep.name: (ep.location, ep.private_subnet) for ep in plan.edgepoints}}
+    for site, (region, cidr) in sites.items():
+        vpc = run.one("aws:ec2/vpc:Vpc", f"{site}-vpc")
+        igw = run.one("aws:ec2/internetGateway:InternetGateway", f"{site}-igw")
+        subnet = run.one("aws:ec2/subnet:Subnet", f"{site}-subnet")
+        table = run.one("aws:ec2/routeTable:RouteTable", f"{site}-routes")
+        assoc = run.one("aws:ec2/routeTableAssociation:RouteTableAssociation",
+                        f"{site}-routes-subnet")
+        assert vpc.inputs["cidrBlock"] == subnet.inputs["cidrBlock"] == cidr
+        assert igw.inputs["vpcId"] == subnet.inputs["vpcId"] == table.inputs["vpcId"] == vpc.id
+        assert (assoc.inputs["subnetId"], assoc.inputs["routeTableId"]) == (subnet.id, table.id)
+        assert subnet.inputs["mapPublicIpOnLaunch"] is False
+        for r in (vpc, igw, subnet, table, assoc):
+            assert r.inputs["region"] == region
+        groups = ["controller-sg"] if site == "controller" else [
+            g.name for g in run.of("aws:ec2/securityGroup:SecurityGroup")
+            if g.name in (f"{site}-edge-sg", f"{site}-agent-sg")]
+        assert groups
+        for name in groups:
+            sg = run.one("aws:ec2/securityGroup:SecurityGroup", name)
+            assert sg.inputs["vpcId"] == vpc.id and sg.inputs["region"] == region
+            assert sg.inputs["egress"] == [{"protocol": "-1", "fromPort": 0, "toPort": 0,
+                                            "cidrBlocks": ["0.0.0.0/0"],
+                                            "ipv6CidrBlocks": ["::/0"],
+                                            "description": "all outbound"}]
+    assert plan.controller_subnet not in {ep.private_subnet for ep in plan.edgepoints}
+    for s in (plan.controller, *plan.servers):
+        inst = run.one("aws:ec2/instance:Instance", s.name)
+        eip = run.one("aws:ec2/eip:Eip", f"{s.name}-ip")
+        assert (eip.inputs["domain"], eip.inputs["instance"]) == ("vpc", inst.id)
+        assert eip.inputs["region"] == inst.inputs["region"] == s.location
+        assert inst.inputs["associatePublicIpAddress"] is True  # packages at first boot
+
+
+def test_digitalocean_tags_exist_before_use(run_stack):
+    run = run_stack("digitalocean")
+    made = {r.inputs["name"] for r in run.of("digitalocean:index/tag:Tag")}
+    used = {t for r in run.of("digitalocean:index/droplet:Droplet") for t in r.inputs["tags"]}
+    used |= {t for r in run.of("digitalocean:index/firewall:Firewall") for t in r.inputs["tags"]}
+    assert used == made
+    assert "edgeshot-network:acme-edge-do" in made and "edgeshot-fw:acme-edge-do-fra-agent" in made

@@ -116,6 +116,9 @@ class AwsAdapter(Adapter):
             instance_type=server.server_type,
             subnet_id=site.resources["subnet"].id,
             private_ip=server.private_address,
+            # A public address from the first boot (cloud-init installs packages); the Elastic
+            # IP replaces it moments later and stays.
+            associate_public_ip_address=True,
             vpc_security_group_ids=[firewall.id],
             key_name=site.resources["key"].key_name,
             user_data=user_data,
