@@ -186,10 +186,14 @@ class Agent:
             if inst is not None:
                 self.meter.final(self._pod_target(rec, inst))
                 _pods.release(inst, self.pool)
-            snap = rec.snapshot and (self.snapshots_dir / rec.snapshot).is_dir()
             was_snapshotting = rec.state == "snapshotting"
+            latest = self._latest_snapshot(rec.id)
             rec.detach()
-            if was_snapshotting and snap:
+            if was_snapshotting and latest is not None:
+                # the dump finished, the agent died before it could say so
+                rec.snapshot = latest
+                rec.snapshot_bytes = self._info(self.snapshots_dir / latest).size_bytes
+                rec.snapshot_at = _now()
                 rec.state = "snapshotted"
             else:
                 rec.state = "failed"
@@ -197,6 +201,11 @@ class Agent:
             self.records[rec.id] = rec
             self.states.save(rec)
         self.adopted = len(a.adopted)
+        kept = {r.snapshot for r in self.records.values() if r.snapshot}
+        for d in self.snapshots_dir.iterdir():  # snapshots no instance refers to any more
+            if d.is_dir() and not d.name.startswith(".") and d.name not in kept:
+                log.info("removing snapshot %s: no instance refers to it", d.name)
+                shutil.rmtree(d, ignore_errors=True)
         for name in self._appshot_names():
             self._shot_since.setdefault(name, time.time())
 
@@ -623,7 +632,8 @@ class Agent:
         return inst
 
     def _cold_start(self, path: Path) -> A.Instance:
-        A.verify(path, self.host.trust())
+        # signature and every checksum; no CPU check: a cold start runs no captured memory
+        _package.verify(path, self.host.trust())
         meta = _restore.read_meta(path)
         _restore.ensure_source(path, meta)
         return A.start(meta.spec, self.host)
@@ -705,6 +715,15 @@ class Agent:
         if found:
             raise ApiError(409, "not_restorable", "cannot snapshot now: " + "; ".join(found),
                            detail=found)
+
+    def _latest_snapshot(self, instance_id: str) -> str | None:
+        """The newest complete snapshot of an instance (``<id>-<ms>``), if any."""
+        best: tuple[int, str] | None = None
+        for d in self.snapshots_dir.glob(f"{instance_id}-*"):
+            ms = d.name[len(instance_id) + 1:]
+            if ms.isdigit() and (d / _package.SIGNATURE_NAME).is_file():
+                best = max(best or (0, ""), (int(ms), d.name))
+        return best[1] if best else None
 
     def _remove_snapshot(self, name: str) -> None:
         path = self.snapshots_dir / name
