@@ -250,6 +250,8 @@ def edges(request: pytest.FixtureRequest, shop_agent: AgentProcess, agent_tokens
         shutil.rmtree(e.root, ignore_errors=True)
     if left:
         pytest.fail(f"left running: {left}\n{logs}")
+    if "Traceback" in logs:
+        pytest.fail(f"an edge process logged an unexpected exception:\n{logs}")
 
 
 def shop_assignment(origin_url: str, *, cost_ceiling: int = 3, versions=(), **scaling

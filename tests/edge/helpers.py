@@ -91,3 +91,38 @@ def wait_for(pred, timeout: float = 10, every: float = 0.05, what: str = "condit
             return last
         time.sleep(every)
     raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+class Hammer:
+    """``n`` threads sending ``path`` to an edgepoint in a loop until stopped; counts answers
+    by status (connection errors as 0)."""
+
+    def __init__(self, host: str, port: int, path: str, n: int, headers: dict[str, str],
+                 method: str = "GET") -> None:
+        self.statuses: dict[int, int] = {}
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+
+        def loop() -> None:
+            while not self._stop.is_set():
+                try:
+                    st, _, _ = request(host, port, path, method=method, headers=headers,
+                                       timeout=30)
+                except OSError:
+                    st = 0
+                with self._lock:
+                    self.statuses[st] = self.statuses.get(st, 0) + 1
+
+        self.threads = [threading.Thread(target=loop, daemon=True) for _ in range(n)]
+        for t in self.threads:
+            t.start()
+
+    def stop(self) -> dict[int, int]:
+        self._stop.set()
+        for t in self.threads:
+            t.join(timeout=60)
+        return dict(self.statuses)
+
+    @property
+    def total(self) -> int:
+        return sum(self.statuses.values())

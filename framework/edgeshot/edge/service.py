@@ -630,9 +630,11 @@ class Edge:
                 await self._sync_servers()
                 log.info("adopted the running HAProxy (worker %d)", self.worker)
                 return
-            H.write_config(conf, rendered)
             await self.haproxy.start()  # adopts
-            await self._reload()
+            self.worker = await self.haproxy.current_worker()
+            await self._reload()  # writes the configuration, then reloads into it
+            log.info("adopted the running HAProxy and reloaded it into the current "
+                     "configuration (worker %d)", self.worker)
             return
         H.write_config(conf, rendered)
         await self.haproxy.start()
