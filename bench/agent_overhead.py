@@ -249,6 +249,11 @@ def main() -> None:
                   f"{lib50:.1f} ms p90 {pct(r['lib'], 90):.1f} ms; overhead p50 "
                   f"{api50 - lib50:+.1f} ms ({api50 / lib50:.2f}x); target <= +3 ms: "
                   f"{'met' if api50 - lib50 <= 3 else 'MISSED'}")
+            time.sleep(2.0)
+            after = psutil.Process(agent.proc.pid).memory_info().rss / 2**20
+            out["rss"] = {**out.get("rss", {}), "agent_after_restores_mb": after}
+            print(f"  agent RSS after its {args.runs + 2} restores and stops, idle: "
+                  f"{after:.1f} MB")
             print(f"  median of per-run differences API - library {paired:+.1f} ms; HTTP, auth, "
                   f"JSON and thread hand-off around the agent's create (client time - the "
                   f"agent's own create->healthy) p50 {statistics.median(http):.1f} ms, "
