@@ -168,6 +168,8 @@ async def test_two_tier_pod_and_capacity_limit(daemon: AgentProcess):
         finally:
             for i in insts:
                 await c.stop_instance(i.id)
+        assert await c.list_instances() == []  # the refused one left nothing behind
+        assert (await c.capacity()).slots.used == 0
         await c.delete_appshot("shop-1.0.0")
         with pytest.raises(NotFound):
             await c.get_appshot("shop-1.0.0")

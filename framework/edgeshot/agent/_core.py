@@ -561,8 +561,8 @@ class Agent:
                 vendor=req.vendor if req.vendor is not None else info.vendor,
                 state="starting", created=_now(), appshot=info.name, restored_from=info.name)
             with self.lock:
-                self.records[rec.id] = rec
                 self._check_capacity(rec)
+                self.records[rec.id] = rec
             try:
                 with self._instance_lock(rec.id):
                     inst = self._launch(path, info, lazy=req.lazy, origin="appshot")
