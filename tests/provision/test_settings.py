@@ -120,3 +120,11 @@ def test_no_operators_warns_and_opens_ssh_to_the_controller_only(run_stack, tmp_
     ssh = [r for r in edge.inputs["rules"] if r["port"] == "22"]
     assert ssh == [{"direction": "in", "protocol": "tcp", "port": "22",
                     "sourceIps": [f"{ctrl}/32"], "description": "ssh from operators and controller"}]
+
+
+def test_policy_file_must_be_configured(run_stack):
+    from pulumi.config import ConfigMissingError
+    with pytest.raises(ConfigMissingError) as exc:
+        run_stack("aws", policyFile=None)
+    assert "edgeshot:policyFile" in str(exc.value)
+    assert "pulumi config set edgeshot:policyFile" in str(exc.value)

@@ -162,7 +162,7 @@ def _inventory_output(plan: Plan, settings: Settings, ssh_user: str,
     facts = {
         name: pulumi.Output.all(
             address=m.public_ipv4,
-            ipv6=m.public_ipv6 if m.public_ipv6 is not None else None,
+            ipv6=m.public_ipv6,
             private_address=m.private_ipv4,
             cloud_id=m.cloud_id,
         )

@@ -60,13 +60,13 @@ class DigitalOceanAdapter(Adapter):
     def site(self, name: str, location: str, cidr: str | None, labels: dict[str, str],
              parent: pulumi.Resource, *, controller: bool = False) -> Site:
         if controller:
-            return Site(extra={"region": location, "parent": parent})
+            return Site(extra={"region": location})
         for tag in tag_names(labels):
             self._tag(tag, parent)
         vpc = do.Vpc(f"{name}-vpc", name=self.cloud_name(name), region=location, ip_range=cidr,
                      description=f"edgeshot {self.plan.network}: edgepoint {name}",
                      opts=pulumi.ResourceOptions(parent=parent))
-        return Site(resources={"vpc": vpc}, extra={"region": location, "parent": parent})
+        return Site(resources={"vpc": vpc}, extra={"region": location})
 
     def firewall(self, name: str, rules: tuple[Rule, ...], sources: Sources, site: Site,
                  labels: dict[str, str], parent: pulumi.Resource) -> pulumi.CustomResource:
