@@ -130,7 +130,12 @@ async def test_sigkill_mid_traffic_instances_keep_serving_and_are_adopted(
     # idle now: the counters of the cgroups only creep
     await asyncio.sleep(0.6)
     before = {i.id: cgroup_cpu_seconds(i.pod) for i in insts}
-    await asyncio.sleep(1.2)  # at least one more tick after `before`
+    t_before = time.time()
+    deadline = time.monotonic() + 20
+    while not all(any(r.instance == i.id and r.end.timestamp() > t_before
+                      for r in consumer.records) for i in insts):
+        assert time.monotonic() < deadline, "no usage record after the counters were read"
+        await asyncio.sleep(0.1)
     await consumer.stop()
     after = {i.id: cgroup_cpu_seconds(i.pod) for i in insts}
     _check_exactly_once(consumer.records)
