@@ -64,6 +64,7 @@ from .conftest import TEMPLATE_FIELDS, write_policy
 # Generated policy files may well be odd Python ("perhaps you missed a comma?").
 pytestmark = [
     pytest.mark.filterwarnings("ignore::SyntaxWarning"),
+    pytest.mark.filterwarnings("ignore:invalid escape sequence:DeprecationWarning"),
     pytest.mark.filterwarnings("ignore::hypothesis.errors.HypothesisWarning"),
 ]
 
@@ -497,9 +498,8 @@ def _call(args: list[tuple[str, str]], cls: str) -> str:
     return f"{cls}({', '.join(f'{k}={v}' for k, v in args)})"
 
 
-expressions = st.recursive(
-    leaves,
-    lambda inner: st.one_of(
+def _compound(inner: st.SearchStrategy[str]) -> st.SearchStrategy[str]:
+    return st.one_of(
         st.builds(
             _call,
             st.lists(
@@ -518,9 +518,10 @@ expressions = st.recursive(
             lambda t: f"({t[0]}).{t[1]}"
         ),
         st.tuples(inner, inner).map(lambda t: f"({t[0]})[{t[1]}]"),
-    ),
-    max_leaves=12,
-)
+    )
+
+
+expressions = st.recursive(leaves, _compound, max_leaves=12)
 
 
 @SETTINGS
@@ -545,6 +546,11 @@ def test_random_expressions_in_template_fields(scratch: Path, fields: dict[str, 
 
 # Plain values (what a JSON or YAML user might write) in every field of every object.
 
+
+def _containers(inner: st.SearchStrategy) -> st.SearchStrategy:
+    return st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+
+
 plain = st.recursive(
     st.none()
     | st.booleans()
@@ -553,9 +559,7 @@ plain = st.recursive(
     | st.decimals(allow_nan=False)
     | st.text(max_size=10)
     | st.sampled_from(STRINGS),
-    lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
-    ),
+    _containers,
     max_leaves=6,
 )
 

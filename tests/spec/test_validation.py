@@ -651,6 +651,16 @@ RULES: list[tuple[str, dict[str, str], str, str, str]] = [
         "unknown region; allowed: af-south",
     ),
     (
+        "local edgepoint servers",
+        {
+            "edgepoints": '[Edgepoint(name="ep1", region="eu-central", location="local", '
+            'server_type="local", servers=255)]'
+        },
+        "edgepoints=",
+        "network.edgepoints[ep1].servers",
+        "at most 254",
+    ),
+    (
         "edgepoint slots",
         {
             "edgepoints": '[Edgepoint(name="ep1", region="eu-central", location="local", '
@@ -966,10 +976,14 @@ def test_route_text_forms() -> None:
 
 
 def test_objects_remember_where_they_were_written() -> None:
-    here = Owner(id="acme").written_at
-    assert here is not None
-    assert here.file == __file__
-    assert here.line == sys._getframe().f_lineno - 3
+    line = sys._getframe().f_lineno + 1
+    here, tier = Owner(id="acme").written_at, Tier(
+        name="web",
+        command="x",
+    ).written_at
+    assert here is not None and tier is not None
+    assert (here.file, here.line) == (__file__, line)
+    assert (tier.file, tier.line) == (__file__, line)  # a call spanning lines: its first line
 
 
 # --- valid declarations ---------------------------------------------------------
