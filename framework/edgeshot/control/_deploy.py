@@ -207,11 +207,22 @@ class DeploymentCenter:
                 continue
             shares = self._shares(placed, healthy)
             versions = self._versions(app_row)
+            # A canary runs beside the primary (as Flagger's canary deployment does): one
+            # instance more than the primary's limits allow, and at least one instance per
+            # version while it lasts, so that it gets its share of the traffic even where
+            # the load asks for a single instance.
+            extra = 1 if app_row["canary_version"] else 0
             for p in mine:
+                placement = p.model_dump(mode="json")
+                if extra:
+                    scaling = placement["scaling"]
+                    scaling["min"] = max(scaling["min"], len(versions))
+                    scaling["max"] = max(scaling["max"], scaling["min"])
                 out.append(PlacementOrder(
-                    id=p.id, app=app, edgepoint=edgepoint, global_share=shares[p.edgepoint],
-                    cost_ceiling=p.cost_ceiling, versions=versions,
-                    placement=p.model_dump(mode="json")))
+                    id=p.id, app=app, edgepoint=edgepoint,
+                    global_share=shares[p.edgepoint] + extra if shares[p.edgepoint] else 0,
+                    cost_ceiling=p.cost_ceiling + extra, versions=versions,
+                    placement=placement))
         return out
 
     def _versions(self, app_row: dict[str, Any]) -> tuple[VersionOrder, ...]:

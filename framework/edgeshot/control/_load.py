@@ -10,7 +10,9 @@ start this module as a child process and steer it through a control file (its wh
 and read what it measured from a JSON snapshot file, rewritten every half second:
 per region, requests, failures, status codes, which edgepoint served them (the
 dispatcher's ``X-Edgeshot-Edgepoint`` header) and latency percentiles over the
-last `window_s` seconds and since the start.
+last `window_s` seconds and since the start. Users come and go: a share of the
+requests (`session_churn`) starts a new session (new cookies), as new visitors do,
+so that affinity does not pin everyone to the instances of the first minute.
 
     python -m edgeshot.control._load CONFIG.json
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import sys
 import time
 from collections import deque
@@ -88,6 +91,7 @@ def _count(items: Any) -> dict[str, int]:
 def user_classes(cfg: dict[str, Any]) -> list[type[FastHttpUser]]:
     classes = []
     paths = cfg.get("paths") or [{"method": "GET", "path": "/", "weight": 1}]
+    churn = float(cfg.get("session_churn", 0.1))  # share of requests that start a new session
     host_header = cfg.get("host_header")
     for region, weight in cfg["regions"].items():
         headers = {"X-Edgeshot-Region": region}
@@ -96,6 +100,11 @@ def user_classes(cfg: dict[str, Any]) -> list[type[FastHttpUser]]:
 
         def make_task(method: str, path: str, body: str | None):
             def run(self: FastHttpUser) -> None:
+                if random.random() < churn:  # this visitor leaves, a new one comes
+                    self.session_id = os.urandom(4).hex()
+                    jar = getattr(self.client, "cookiejar", None)
+                    if jar is not None:
+                        jar.clear()
                 p = path.replace("{session}", self.session_id)
                 with self.client.request(method, p, headers=self.region_headers, data=body,
                                          name=f"{method} {path}", catch_response=True,

@@ -344,7 +344,7 @@ class LocalNetwork:
             _terminate([p for p in procs if p.kind == kind], grace)
         # 2. every instance, through the agents that run them
         with contextlib.suppress(Exception):
-            asyncio.run(self._stop_instances())
+            _run_coroutine(self._stop_instances)
         _terminate([p for p in procs if p.kind == "agent"], grace)
         leftovers = self._cleanup()
         (self.state_dir / PROCESSES).unlink(missing_ok=True)
@@ -427,6 +427,17 @@ class LocalNetwork:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _run_coroutine(fn: Any) -> Any:
+    """asyncio.run(fn()), also from inside a running event loop (in a thread of its own)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(fn())
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(lambda: asyncio.run(fn())).result()
 
 
 def _write_secret_file(path: Path, text: str) -> None:
