@@ -121,13 +121,32 @@ def rootfs() -> Path:
         return base
 
 
+def _apt_options(base: Path, archives: Path) -> list[str]:
+    """apt on the host, but with its own sources (the debootstrap suite only, from the
+    machine's Debian URI), its own lists, and the base root's dpkg status: it resolves
+    exactly what installing on a fresh server needs, without upgrades."""
+    state = CACHE / f"apt-{SUITE}"
+    (state / "lists" / "partial").mkdir(parents=True, exist_ok=True)
+    (state / "parts").mkdir(exist_ok=True)
+    keyring = "/usr/share/keyrings/debian-archive-keyring.gpg"
+    (state / "sources.list").write_text(
+        f"deb [signed-by={keyring}] {debian_uri()} {SUITE} main\n")
+    return ["-o", f"Dir::Etc::SourceList={state / 'sources.list'}",
+            "-o", f"Dir::Etc::SourceParts={state / 'parts'}",
+            "-o", f"Dir::State::Lists={state / 'lists'}",
+            "-o", f"Dir::State::status={base}/var/lib/dpkg/status",
+            "-o", f"Dir::Cache::archives={archives}", "-o", "APT::Sandbox::User=root",
+            "-o", "APT::Install-Recommends=false", "-o", "Debug::NoLocking=1"]
+
+
 def mirror(packages: tuple[str, ...], base: Path) -> Path:
     """A flat apt repository with every .deb that installing ``packages`` on ``base`` needs.
 
-    Resolved by the host's apt against the base root file system's dpkg status, from the
-    machine's configured Debian sources; cached by package list.
+    Resolved against the base root file system's dpkg status and the same suite
+    debootstrap used, from the machine's Debian URI; cached by package list (other
+    mirrors of the same base are removed).
     """
-    key = hashlib.sha256(f"{base.name} {' '.join(sorted(packages))}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"2 {base.name} {' '.join(sorted(packages))}".encode()).hexdigest()[:12]
     repo = CACHE / f"mirror-{key}"
     with _locked(CACHE / ".mirror.lock"):
         if (repo / "Packages").exists():
@@ -135,20 +154,18 @@ def mirror(packages: tuple[str, ...], base: Path) -> Path:
         tmp = repo.with_name(repo.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "partial").mkdir(parents=True)
-        opts = ["-o", f"Dir::State::status={base}/var/lib/dpkg/status",
-                "-o", f"Dir::Cache::archives={tmp}", "-o", "APT::Sandbox::User=root",
-                "-o", "APT::Install-Recommends=false", "-o", "Debug::NoLocking=1"]
-        proc = run("apt-get", *opts, "-y", "-q", "--download-only", "install", *packages,
-                   check=False, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-        if proc.returncode != 0:
-            run("apt-get", "update", "-q")
-            run("apt-get", *opts, "-y", "-q", "--download-only", "install", *packages,
-                env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        opts = _apt_options(base, tmp)
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        run("apt-get", *opts, "-q", "update", env=env)
+        run("apt-get", *opts, "-y", "-q", "--download-only", "install", *packages, env=env)
         shutil.rmtree(tmp / "partial")
         (tmp / "lock").unlink(missing_ok=True)
         index = run("dpkg-scanpackages", "--multiversion", ".", "/dev/null", cwd=tmp).stdout
         (tmp / "Packages").write_text(index)
         tmp.rename(repo)
+        for old in CACHE.glob("mirror-*"):
+            if old != repo and old.is_dir() and time.time() - old.stat().st_mtime > 3600:
+                shutil.rmtree(old, ignore_errors=True)
         return repo
 
 

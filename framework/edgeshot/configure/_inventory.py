@@ -183,19 +183,30 @@ def _host_entry(s: ServerPlan, address: str | None, ssh_user: str,
 
 
 def inventory_from_plan(plan: Plan, addresses: Mapping[str, str] | None = None, *,
+                        private_addresses: Mapping[str, str] | None = None,
                         ssh_user: str = "root") -> Inventory:
-    """An inventory for servers whose addresses are known (the plan's own, or ``addresses``
-    by server name, ``controller`` included): the stack output's shape, format 1."""
+    """An inventory for servers whose addresses are known: ``addresses`` by server name
+    (``controller`` included), else the plan's own (local networks). The stack output's
+    shape, format 1. Servers given an address but no private one have one network only
+    (the plan's planned private addresses are then not used)."""
     addresses = dict(addresses or {})
+    private = dict(private_addresses or {})
+
+    def private_of(s: ServerPlan) -> str | None:
+        if s.name in private:
+            return private[s.name]
+        return None if s.name in addresses else getattr(s, "private_address", None)
+
     servers = {s.name: _host_entry(s, addresses.get(s.name, s.address), ssh_user,
-                                   getattr(s, "private_address", None))
+                                   private_of(s))
                for s in plan.servers}
     ctl = plan.controller
     return Inventory.parse({
         "format": INVENTORY_FORMAT,
         "network": plan.network,
         "provider": plan.provider,
-        "controller": _host_entry(ctl, addresses.get(ctl.name, ctl.address), ssh_user),
+        "controller": _host_entry(ctl, addresses.get(ctl.name, ctl.address), ssh_user,
+                                  private.get(ctl.name)),
         "edgepoints": {ep.name: {"region": ep.region, "location": ep.location,
                                  "edge_host": ep.edge_host, "servers": list(ep.servers)}
                        for ep in plan.edgepoints},
@@ -247,11 +258,13 @@ def ansible_inventory(inv: Inventory, hosts: list[InventoryHost], *,
             "region": ep.region,
             "edge_host": edge_host.name if edge_host else None,
             "edge_address": _reach(edge_host) if edge_host else None,
+            "edge_public_address": edge_host.address if edge_host else None,
             "edge_port": edge_host.ports.get("edge") if edge_host else None,
             "http_port": edge_host.ports.get("http") if edge_host else None,
             "servers": [{
                 "name": m.name,
                 "address": _reach(m),
+                "public_address": m.address,
                 "agent_port": m.ports.get("agent"),
                 "agent_url": f"http://{_reach(m)}:{m.ports.get('agent')}",
                 "slot_subnet": m.slot_subnet,
@@ -289,3 +302,15 @@ def ansible_inventory(inv: Inventory, hosts: list[InventoryHost], *,
         },
         "children": groups,
     }}
+
+
+def plan_with_addresses(plan: Plan, inv: Inventory) -> Plan:
+    """The plan as the runtime needs it: every server's address filled in from the
+    inventory (clouds assign addresses only when they create the servers)."""
+    def fill(s: ServerPlan) -> ServerPlan:
+        h = inv.servers.get(s.name) if s.name != "controller" else inv.controller
+        if h is None or not h.address or s.address == h.address:
+            return s
+        return s.model_copy(update={"address": h.address})
+    return plan.model_copy(update={"servers": tuple(fill(s) for s in plan.servers),
+                                   "controller": fill(plan.controller)})

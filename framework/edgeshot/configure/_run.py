@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from edgeshot.plan import Plan
 
-from ._inventory import Inventory, InventoryHost, ansible_inventory
+from ._inventory import Inventory, InventoryHost, ansible_inventory, plan_with_addresses
 
 HostStatus = Literal["ok", "changed", "failed", "unreachable", "missing"]
 SECRET_NAMES = ("edgeAgentToken", "controllerAgentToken", "controllerEdgeToken", "signingKey")
@@ -322,8 +322,8 @@ def configure(
                          "criu_binary": str(Path(criu_binary).resolve())}
         if plan is not None:
             plan_file = pdd / "plan.json"
-            plan_file.write_text(plan.to_json())
-            all_vars["controller_plan"] = str(plan_file)
+            plan_file.write_text(plan_with_addresses(plan, inv).to_json())
+            all_vars |= {"controller_plan": str(plan_file), "edge_agent_plan": str(plan_file)}
         host_vars = _appshot_vars(inv, plan, list(appshots))
         inv_data = ansible_inventory(inv, reachable, host_vars=host_vars, all_vars=all_vars)
         (pdd / "inventory").mkdir()

@@ -35,6 +35,8 @@ from edgeshot.plan import AppPlan
 
 from ._controller import Controller
 from ._deploy import DeployError
+from .metering import add_routes as add_metering_routes
+from .metering import metrics_collector
 
 log = logging.getLogger("edgeshot.controller.api")
 
@@ -255,6 +257,7 @@ def build_app(controller: Controller) -> web.Application:
     app[CONTROLLER_KEY] = controller
     reg = CollectorRegistry()
     reg.register(_Collector(controller))
+    reg.register(metrics_collector(controller.metering))
     Gauge("edgeshot_controller_up", "the controller runs", registry=reg).set(1)
     app[REGISTRY_KEY] = reg
     app.router.add_get("/", index)
@@ -267,6 +270,7 @@ def build_app(controller: Controller) -> web.Application:
     app.router.add_get("/v1/apps/{app}/deployments", app_deployments)
     app.router.add_get("/v1/deployments/{id}", deployment)
     app.router.add_get("/metrics", metrics)
+    add_metering_routes(app, controller.metering)  # /v1/bill, /v1/budgets, /v1/usage/…
 
     async def on_startup(_app: web.Application) -> None:
         await controller.start()

@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ._metering import MeteringSection
+
 
 class ConfigError(Exception):
     pass
@@ -60,6 +62,7 @@ class ControllerConfig(_Section):
                                   "of the plan that has no version running")
     dispatcher: DispatcherSection = DispatcherSection()
     canary: CanarySection = CanarySection()
+    metering: MeteringSection = MeteringSection()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @classmethod

@@ -36,6 +36,7 @@ from ._dispatcher import (
 )
 from ._edges import EdgeLink, EdgeStatus
 from ._store import Store
+from .metering import Metering
 
 log = logging.getLogger("edgeshot.controller")
 
@@ -99,6 +100,10 @@ class Controller:
         self.deploy = DeploymentCenter(self.store, self.plan, config.base_dir,
                                        self.state_dir / "appshots", agents, edges,
                                        self.canary_policy, c.interval_s)
+        # metering: usage collected from every agent and edge process, budgets whose cost
+        # ceilings the deployment center sends to the edges with each placement
+        self.metering = Metering(self)
+        self.deploy.ceiling = self.metering.ceiling
         self.dispatcher = self._dispatcher()
         self._register()
 
@@ -179,6 +184,7 @@ class Controller:
                       asyncio.create_task(self._loop(self.deploy.check_canaries,
                                                      min(1.0, self.config.canary.interval_s)),
                                           name="canaries")]
+        self.tasks += self.metering.start()
         if self.config.deploy_on_start:
             self.tasks.append(asyncio.create_task(self.start_apps(), name="start-apps"))
 
@@ -328,6 +334,7 @@ class Controller:
                 "instances": instances,
                 "figures": {v: vars(f) for v, f in figs.items()},
                 "deployment": dep[0] if dep else None,
+                "budget": self.metering.app_status(a["name"]),
             })
         eps = []
         for e in self.store.edgepoints():

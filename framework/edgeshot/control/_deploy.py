@@ -21,6 +21,7 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,8 @@ class DeploymentCenter:
         self._locks: dict[str, asyncio.Lock] = {}
         self._last_check: dict[int, float] = {}
         self._trusted: set[tuple[str, str]] = set()  # (server, signer) pairs set up
+        # the cost ceiling sent with a placement: the plan's, until metering follows budgets
+        self.ceiling: Callable[[Placement], int] = lambda p: p.cost_ceiling
 
     def lock(self, app: str) -> asyncio.Lock:
         return self._locks.setdefault(app, asyncio.Lock())
@@ -221,7 +224,7 @@ class DeploymentCenter:
                 out.append(PlacementOrder(
                     id=p.id, app=app, edgepoint=edgepoint,
                     global_share=shares[p.edgepoint] + extra if shares[p.edgepoint] else 0,
-                    cost_ceiling=p.cost_ceiling + extra, versions=versions,
+                    cost_ceiling=self.ceiling(p) + extra, versions=versions,
                     placement=placement))
         return out
 

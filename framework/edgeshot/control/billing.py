@@ -10,6 +10,7 @@ Rules, stated once:
   depend on when users come) and is always charged at the base price.
   A window wall time that does not exist on a DST day is read with the
   offset in force before the change (zoneinfo's fold=0).
+- A record of no duration (a reading) is billed at the instant it was taken.
 - A usage interval is split proportionally by time across peak boundaries
   and across the month's boundaries (the month is the network's calendar
   month, in the peak window's time zone, UTC without one).
@@ -34,6 +35,7 @@ from pydantic import BaseModel, ConfigDict
 from edgeshot.spec import PeakWindow, Pricing, round_money
 
 GB = Decimal(10**9)
+_INSTANT = timedelta(microseconds=1)
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 Resource = Literal["cpu", "memory", "network", "disk_io", "storage"]
 RESOURCES: tuple[Resource, ...] = ("cpu", "memory", "network", "disk_io", "storage")
@@ -57,6 +59,10 @@ class Usage:
     net_in_bytes: int = 0
     net_out_bytes: int = 0
     requests: int = 0
+    # The share of the usage inside the peak window, when already known (hourly
+    # aggregates are split at the window's boundaries when stored: 0 or 1); None: from
+    # `start` and `end`.
+    peak_share: Decimal | None = None
 
     def quantities(self) -> dict[Resource, Decimal]:
         return {
@@ -166,6 +172,30 @@ def peak_share(start: datetime, end: datetime, peak: PeakWindow | None) -> Decim
     return Decimal(repr(round(inside / total, 12)))
 
 
+def peak_windows(start: datetime, end: datetime, peak: PeakWindow | None
+                 ) -> list[tuple[datetime, datetime]]:
+    """The parts of [start, end) inside the peak window (UTC, in order, disjoint)."""
+    if peak is None or end <= start:
+        return []
+    tz = ZoneInfo(peak.timezone)
+    day = start.astimezone(tz).date() - timedelta(days=1)
+    last = end.astimezone(tz).date()
+    out: list[tuple[datetime, datetime]] = []
+    while day <= last:
+        if _WEEKDAYS[day.weekday()] in peak.weekdays:
+            w0 = datetime.combine(day, peak.start, tzinfo=tz).astimezone(UTC)
+            w1 = datetime.combine(day + timedelta(days=peak.end <= peak.start), peak.end,
+                                  tzinfo=tz).astimezone(UTC)
+            a, b = max(start, w0), min(end, w1)
+            if a < b:
+                if out and a <= out[-1][1]:
+                    out[-1] = (out[-1][0], max(out[-1][1], b))
+                else:
+                    out.append((a, b))
+        day += timedelta(days=1)
+    return out
+
+
 def _zone(pricing: Pricing) -> str:
     return pricing.peak.timezone if pricing.peak else "UTC"
 
@@ -193,11 +223,19 @@ def bill(usage: Iterable[Usage], pricing: Pricing, month: str, *, owner: str | N
         if owner is not None and u.owner != owner:
             continue
         span = (u.end - u.start).total_seconds()
-        inside = _overlap(u.start, u.end, m0, m1)
-        if inside <= 0 or span <= 0:
-            continue
-        in_month = Decimal(1) if inside >= span else Decimal(repr(inside / span))
-        share = peak_share(max(u.start, m0), min(u.end, m1), pricing.peak)
+        if span <= 0:  # an instant (a reading): billed where it happened, never dropped
+            if not m0 <= u.start < m1:
+                continue
+            in_month = Decimal(1)
+            share = (u.peak_share if u.peak_share is not None else
+                     Decimal(bool(peak_windows(u.start, u.start + _INSTANT, pricing.peak))))
+        else:
+            inside = _overlap(u.start, u.end, m0, m1)
+            if inside <= 0:
+                continue
+            in_month = Decimal(1) if inside >= span else Decimal(repr(inside / span))
+            share = (u.peak_share if u.peak_share is not None
+                     else peak_share(max(u.start, m0), min(u.end, m1), pricing.peak))
         for resource, q in u.quantities().items():
             if not q:
                 continue
