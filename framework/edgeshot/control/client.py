@@ -117,3 +117,26 @@ class ControllerClient:
 
     async def metrics(self) -> str:
         return await self._call("GET", "/metrics")
+
+    # ------------------------------------------------------------------ metering
+
+    async def bill(self, month: str | None = None, owner: str | None = None,
+                   by: str = "owner") -> dict[str, Any]:
+        """The month's bill (by="vendor": usage per application; "organisation": transfer
+        pricing); an owner's token gets its own bill, a vendor's its applications'."""
+        params = {"by": by}
+        if month:
+            params["month"] = month
+        if owner:
+            params["owner"] = owner
+        return await self._call("GET", "/v1/bill", params=params, timeout=120)
+
+    async def budgets(self) -> list[dict[str, Any]]:
+        return (await self._call("GET", "/v1/budgets"))["budgets"]
+
+    async def usage_sources(self) -> list[dict[str, Any]]:
+        return (await self._call("GET", "/v1/usage/sources"))["sources"]
+
+    async def collect_usage(self) -> dict[str, Any]:
+        """Pull every agent and edge process now (operators)."""
+        return await self._call("POST", "/v1/usage/collect", timeout=120, retries=0)
