@@ -493,6 +493,10 @@ class Agent:
             raise ApiError(409, "exists", f"appshot {name} exists") from None
         except NoFreeSlot as exc:
             raise ApiError(503, "at_capacity", str(exc)) from None
+        except (OSError, CriuError, _package.AppshotError) as exc:  # timeouts, CRIU, disk
+            self.metrics.captures.labels(**labels, result="error").inc()
+            log.warning("capture of %s %s failed", spec.app, spec.version, exc_info=True)
+            raise ApiError(502, "capture_failed", f"capture failed: {exc!r}"[:2000]) from None
         self.metrics.captures.labels(**labels, result="ok").inc()
         self._shot_since[name] = time.time()
         return out
@@ -626,9 +630,10 @@ class Agent:
             raise ApiError(422, "appshot_rejected", exc.reason) from None
         except NoFreeSlot as exc:
             raise ApiError(503, "at_capacity", str(exc)) from None
-        except (_pods.PodError, A.NotRestorable, _restore.RestoreError, CriuError) as exc:
+        except (_pods.PodError, A.NotRestorable, _restore.RestoreError, CriuError, OSError,
+                _package.AppshotError) as exc:
             self.metrics.restores.labels(**labels, origin=origin, result="error").inc()
-            raise ApiError(502, "start_failed", str(exc)[:2000]) from None
+            raise ApiError(502, "start_failed", (str(exc) or repr(exc))[:2000]) from None
         return inst
 
     def _cold_start(self, path: Path) -> A.Instance:
