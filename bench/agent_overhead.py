@@ -96,7 +96,18 @@ async def bench_restore(agent: Agent, runs: int, lazy: bool) -> dict:
         warmup=(A.WarmupRequest(path="/", count=3),))
     lib_host = A.Host(state_dir=agent.root / "lib-state", slot_prefix="bli",
                       slot_subnet="10.249.2.0/24", slots=4)
-    api, lib, inside = [], [], []
+    api, lib, inside, api_cpu, lib_cpu = [], [], [], [], []
+    me = psutil.Process(agent.proc.pid)
+
+    def agent_cpu() -> float:
+        """CPU seconds of all the agent's threads, in ns precision (schedstat)."""
+        total = 0
+        for task in Path(f"/proc/{me.pid}/task").iterdir():
+            try:
+                total += int((task / "schedstat").read_text().split()[0])
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+        return total / 1e9
     async with AgentClient(agent.url, agent.token) as c:
         await c.capture(hello, name="hello-1.0")
         shot = agent.root / "state" / "appshots" / "hello-1.0"
@@ -107,22 +118,24 @@ async def bench_restore(agent: Agent, runs: int, lazy: bool) -> dict:
             await c.stop_instance(i.id)
             A.stop(A.restore(shot, lib_host, trust=trust, lazy=lazy), lib_host)
         for _ in range(runs):
-            t0 = time.perf_counter()
+            c0, t0 = agent_cpu(), time.perf_counter()
             i = await c.create_instance("hello-1.0", lazy=lazy)
             api.append((time.perf_counter() - t0) * 1000)
+            api_cpu.append((agent_cpu() - c0) * 1000)
             inside.append(i.ready_ms or 0.0)  # the agent's own create -> healthy
             assert http_request(i.host, i.port, "/")[0] == 200
             await c.stop_instance(i.id)
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             inst = A.restore(shot, lib_host, trust=trust, lazy=lazy)
             lib.append((time.perf_counter() - t0) * 1000)
+            lib_cpu.append((time.process_time() - c0) * 1000)
             assert http_request(inst.address, inst.port, "/")[0] == 200
             A.stop(inst, lib_host)
         await c.delete_appshot("hello-1.0")
     pool = lib_host.pool()
     if pool is not None:
         pool.destroy()
-    return {"api": api, "lib": lib, "inside": inside}
+    return {"api": api, "lib": lib, "inside": inside, "api_cpu": api_cpu, "lib_cpu": lib_cpu}
 
 
 # ---------------------------------------------------------------- 2. idle RSS
@@ -254,6 +267,10 @@ def main() -> None:
             out["rss"] = {**out.get("rss", {}), "agent_after_restores_mb": after}
             print(f"  agent RSS after its {args.runs + 2} restores and stops, idle: "
                   f"{after:.1f} MB")
+            ac, lc = statistics.median(r["api_cpu"]), statistics.median(r["lib_cpu"])
+            print(f"  CPU time per restore (not counting criu and other child processes): "
+                  f"agent process {ac:.1f} ms vs library caller {lc:.1f} ms: the API adds "
+                  f"{ac - lc:+.1f} ms of CPU")
             print(f"  median of per-run differences API - library {paired:+.1f} ms; HTTP, auth, "
                   f"JSON and thread hand-off around the agent's create (client time - the "
                   f"agent's own create->healthy) p50 {statistics.median(http):.1f} ms, "
