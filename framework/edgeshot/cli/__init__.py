@@ -30,7 +30,11 @@ from edgeshot.plan import (
 )
 from edgeshot.spec import Spec, SpecError, load
 
-from . import appshot
+from . import appshot, network
+from .agent import agent, token
+from .bill import bill
+from .edge import edge
+from .up import cloud_destroy, cloud_up, print_resources
 
 app = typer.Typer(
     name="edgeshot",
@@ -40,6 +44,19 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(appshot.app, name="appshot")
+# Services (what systemd runs on servers; `edgeshot up` runs them here).
+app.command(rich_help_panel="Services")(agent)
+app.command(rich_help_panel="Services")(edge)
+app.command(rich_help_panel="Services")(network.controller)
+app.command(rich_help_panel="Services")(token)
+# The network: bring up, roll out, observe, pay.
+app.command("down", rich_help_panel="Network")(network.down)
+app.command("destroy", rich_help_panel="Network")(cloud_destroy)
+app.command(rich_help_panel="Network")(network.status)
+app.command(rich_help_panel="Network")(network.deploy)
+app.command(rich_help_panel="Network")(network.rollback)
+app.command(rich_help_panel="Network")(network.demo)
+app.command(rich_help_panel="Network")(bill)
 
 out = Console()
 err = Console(stderr=True)
@@ -99,10 +116,14 @@ def plan(
         Path | None, typer.Option("--diff", help="Compare with a plan saved earlier (JSON).")
     ] = None,
     fmt: Annotated[Format, typer.Option("--format", help="How to print.")] = Format.table,
+    resources: Annotated[bool, typer.Option(
+        "--resources", help="Also list the cloud resources `edgeshot up` would create.")] = False,
 ) -> None:
     """Compile a policy file into a plan; with --diff, show what would change (exit 2 if anything)."""
     previous = _read(old) if old else None
     new = compile_plan(_load(file))
+    if resources:
+        print_resources(new, out)
     if out_file:
         try:
             write_plan(new, out_file)
@@ -114,6 +135,39 @@ def plan(
     changes = diff(previous, new)
     _show_diff(changes, new, fmt)
     raise typer.Exit(2 if not changes.empty else 0)
+
+
+@app.command(rich_help_panel="Network")
+def up(
+    file: Annotated[Path, typer.Argument(help="Policy file declaring the network and its apps.")],
+    local: Annotated[bool, typer.Option(
+        "--local", help="Rehearse any network's topology on this machine.")] = False,
+    state: Annotated[Path | None, typer.Option(
+        "--state", help="Local network: state directory (default ./.state/<network>).",
+        file_okay=False)] = None,
+    http_port: Annotated[int | None, typer.Option(
+        help="Local network: the entry port (default: the policy's).")] = None,
+    timeout: Annotated[float, typer.Option(help="Local network: seconds to wait for every app.")]
+    = 180.0,
+    stack: Annotated[str | None, typer.Option(
+        help="Cloud: Pulumi stack name (default: the network's name).")] = None,
+    state_dir: Annotated[Path | None, typer.Option(
+        "--state-dir", help="Cloud: Pulumi state (default: .edgeshot/pulumi next to FILE).")] = None,
+    owner: Annotated[str | None, typer.Option(help="Cloud: who owns the servers.")] = None,
+    ssh_key: Annotated[Path | None, typer.Option(
+        "--ssh-key", help="Cloud: operators' SSH public key.")] = None,
+    policy_pack: Annotated[Path | None, typer.Option(
+        "--policy-pack", help="Cloud: policy pack to enforce (default: stacks/policy).")] = None,
+    preview: Annotated[bool, typer.Option("--preview", help="Cloud: show the changes only.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Cloud: apply without asking.")] = False,
+) -> None:
+    """Bring up the network a policy file declares: here (a Local network, or any with
+    --local), or on its cloud through Pulumi's Automation API."""
+    if local or _load(file).network.provider.kind == "local":
+        network.up(file, local=local, state=state, http_port=http_port, timeout=timeout)
+    else:
+        cloud_up(file, stack=stack, state_dir=state_dir, owner=owner, ssh_key=ssh_key,
+                 policy_pack=policy_pack, preview=preview, yes=yes)
 
 
 def _read(path: Path) -> Plan:
