@@ -32,17 +32,20 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
-def write_policy(dir: Path, *, edgepoints: tuple[tuple[str, str], ...] = (
+def write_policy(dir: Path, *, edgepoints: tuple[tuple, ...] = (
         ("eu", "eu-central"), ("us", "us-east")), app: str = "hello",
-        extra_apps: str = "", servers: int = 1) -> Path:
-    """A local network of `edgepoints` with the hello app (or the shop) on all of them."""
+        extra_apps: str = "", servers: int = 1, slots: int = 4, users_per_instance: int = 10,
+        max_per_edgepoint: int = 2) -> Path:
+    """A local network of `edgepoints` with the hello app (or the shop, or the probe) on all
+    of them."""
     _N[0] += 1
     http, agent, edge, ctl, stats = free_ports(5)
     slot_net = f"10.{150 + (os.getpid() + _N[0]) % 50}.0.0/16"
     eps = ",\n        ".join(
-        f'Edgepoint(name="{n}", region="{r}", location="local", server_type="local", '
-        f"servers={servers}, slots_per_server=4)" for n, r in edgepoints)
-    regions = [r for _, r in edgepoints]
+        f'Edgepoint(name="{e[0]}", region="{e[1]}", location="local", server_type="local", '
+        f"servers={servers}, slots_per_server={e[2] if len(e) > 2 else slots})"
+        for e in edgepoints)
+    regions = [e[1] for e in edgepoints]
     if app == "hello":
         apps = textwrap.dedent(f'''
             hello = Application(
@@ -56,6 +59,24 @@ def write_policy(dir: Path, *, edgepoints: tuple[tuple[str, str], ...] = (
                 distribution=Distribution(regions={tuple(regions)!r}, min=0, max=2, global_max=3),
                 sla=SLA(max_response_ms=200, users_per_instance=10, idle_s=5),
                 budget=Budget(monthly="100 EUR"),
+            )
+        ''')
+    elif app == "probe":
+        apps = textwrap.dedent(f'''
+            probe = Application(
+                name="probe", version="1.0", owner=Owner(id="acme"), vendor="acme-isv",
+                routing=Routing(hosts=("probe.test",)),
+                source=Source(path="{Path(__file__).parent / 'apps' / 'probe'}"),
+                tiers=(Tier(name="web", command="python3 app.py", reseed_signal="SIGUSR2",
+                            env={{"APP_VERSION": "1.0"}},
+                            resources=Resources(cpu="0.1", memory_mb=48)),),
+                warmup=(WarmupRequest(path="/", count=2),),
+                cleave=Cleave(affinity=True),
+                distribution=Distribution(regions={tuple(regions)!r}, min=0,
+                                          max={max_per_edgepoint}, global_max=6),
+                sla=SLA(max_response_ms=1000, users_per_instance={users_per_instance}, idle_s=5,
+                        panic_factor=1.5),
+                budget=Budget(monthly="1000 EUR"),
             )
         ''')
     else:

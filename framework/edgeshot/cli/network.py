@@ -92,7 +92,8 @@ async def _wait_serving(client: Any, timeout: float, say: Any) -> dict[str, Any]
             seen = e["id"]
             say(f"  {e['kind']}: {e['message']}")
         apps = st["apps"]
-        if apps and all(a["primary"] for a in apps):
+        if apps and all(a["primary"] and (a["routed"] or not st["dispatcher"]["running"])
+                        for a in apps):
             return st
         failed = [e for e in await client.events(limit=1000) if e["kind"] == "start-failed"]
         if failed:

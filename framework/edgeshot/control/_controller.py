@@ -214,8 +214,15 @@ class Controller:
                 log.exception("%s failed", getattr(fn, "__name__", fn))
             await asyncio.sleep(max(0.0, every - (time.monotonic() - t0)))
 
-    async def start_apps(self) -> None:
-        """Capture, distribute and start every planned app that has no version serving."""
+    async def start_apps(self, wait_s: float = 120.0) -> None:
+        """Capture, distribute and start every planned app that has no version serving
+        (once the agents answer: they may be starting with the controller)."""
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            await self.poll_agents()
+            if all(a["healthy"] for a in self.store.agents()):
+                break
+            await asyncio.sleep(0.2)
         for app in self.plan.apps:
             row = self.store.app(app.name)
             if row and row["primary_version"]:
@@ -226,8 +233,10 @@ class Controller:
                 log.error("starting %s failed: %s", app.name, exc)
                 self.store.event("start-failed", f"{app.name} {app.version}: {exc}",
                                  app=app.name)
-        # edges that came up after the first push learn their placements now
+        # edges that came up after the first push learn their placements now, and the
+        # dispatcher routes to the new apps at once rather than at the next tick
         await self.deploy.push()
+        await self.tick()
 
     # ------------------------------------------------------------------ the tick
 
@@ -247,9 +256,9 @@ class Controller:
                 self.store.event("edgepoint-up" if st.healthy else "edgepoint-down",
                                  f"{st.edgepoint} {'healthy' if st.healthy else 'unreachable'}"
                                  + (f": {st.error}" if st.error else ""), edgepoint=st.edgepoint)
-                if st.healthy:
-                    # a restarted edge process starts empty: give it its placements again
-                    await self.deploy.push_edgepoint(st.edgepoint)
+            if st.healthy and (prev is None or not prev.healthy):
+                # first seen, or back: a (re)started edge process starts empty
+                await self.deploy.push_edgepoint(st.edgepoint)
             self.store.report_edgepoint(st.edgepoint, st.healthy, st.load, st.to_json())
         self.deploy.status = statuses
         return statuses
@@ -272,7 +281,9 @@ class Controller:
                 continue
             st = status.get(p.edgepoint)
             ps = st.placements.get(p.id) if st is not None else None
-            placed.append(Placed(p.app, p.edgepoint, not (ps and ps.at_capacity)))
+            if ps is None:
+                continue  # the edge does not serve it (yet): send no user there
+            placed.append(Placed(p.app, p.edgepoint, not ps.at_capacity))
         return sites, placed
 
     async def tick(self) -> None:
@@ -327,6 +338,8 @@ class Controller:
             dep = self.store.deployments(a["name"], limit=1)
             apps.append({
                 "name": a["name"], "owner": a["owner"], "vendor": a["vendor"],
+                "routed": bool(self.table and any(self.table.chains.get(a["name"], ()))
+                               and bool(self.dispatcher and self.dispatcher.running)),
                 "primary": a["primary_version"], "previous": a["previous_version"],
                 "canary": a["canary_version"], "canary_weight": a["canary_weight"],
                 "versions": [{"version": v["version"], "state": v["state"],

@@ -42,16 +42,22 @@ class HttpEdgeLink:
         total = sum(s.slots_total or 0 for s in load.servers)
         free = sum(s.slots_free or 0 for s in load.servers)
         placements = {}
+        full = []
         for p in load.placements:
             field = _percentile_field(self._percentile.get(p.id, 95.0))
+            # Takes no more users: no server has room (at capacity), or it is held below
+            # its demand by a limit (its share of the global maximum, its cost ceiling).
+            saturated = p.at_capacity or p.desired > p.target
+            if saturated:
+                full.append(p.id)
             placements[p.id] = PlacementStatus(
-                p.id, p.app, p.at_capacity,
+                p.id, p.app, saturated,
                 {v.version: VersionFigures(v.requests, v.errors, getattr(v, field), v.ready)
                  for v in p.versions})
         return EdgeStatus(
             self.name, True, load=(total - free) / total if total else 0.0,
             capacity={"slots_total": total, "slots_free": free, "mode": load.mode,
-                      "at_capacity": list(load.at_capacity),
+                      "at_capacity": full,
                       "servers": {s.name: {"healthy": s.healthy, "instances": s.instances,
                                            "slots_free": s.slots_free} for s in load.servers},
                       "instances": {p.id: {"ready": p.ready, "starting": p.starting,

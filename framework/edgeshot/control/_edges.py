@@ -50,7 +50,7 @@ class VersionFigures:
 class PlacementStatus:
     id: str
     app: str
-    at_capacity: bool = False
+    at_capacity: bool = False  # takes no more users: no room, or held by a limit below demand
     versions: dict[str, VersionFigures] = field(default_factory=dict)
 
     @property

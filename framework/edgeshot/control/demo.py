@@ -325,7 +325,7 @@ async def _run(opts: DemoOptions, console: Console) -> DemoResult:
                 deadline = time.monotonic() + 180
                 while time.monotonic() < deadline:
                     st = await ctl.status()
-                    if all(a["primary"] for a in st["apps"]):
+                    if all(a["primary"] and a["routed"] for a in st["apps"]):
                         break
                     failed = [e for e in await ctl.events(limit=500) if e["kind"] == "start-failed"]
                     if failed:
