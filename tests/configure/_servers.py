@@ -1,7 +1,8 @@
 """Throwaway Debian servers that really boot, for the configuration tests.
 
 DESIGN.md ("Tests and benchmarks"): a debootstrap root file system (cached
-under ~/.cache/edgeshot/nspawn, built once), copied per server, booted with
+under ~/.cache/edgeshot/nspawn, built once), an overlayfs copy-on-write view
+of it per server, booted with
 ``systemd-nspawn --boot --register=no --keep-unit`` inside a network
 namespace the test makes. The servers share one private LAN (a bridge in a
 namespace of its own) that the host joins through one veth pair, so they
@@ -11,8 +12,9 @@ flat repository of .deb files downloaded on the host with apt-get (the
 machine's own Debian sources, never a host name written here), bind-mounted
 read-only into each server as ``file:/srv/edgeshot-mirror``.
 
-Teardown: ``systemctl poweroff`` over ssh, then the namespaces (and with them
-every veth) and the copies are removed; `Lab.close` asserts nothing is left.
+Teardown: ``systemctl poweroff`` over ssh (all servers at once), then the
+overlay mounts, the namespaces (and with them every veth) and the upper
+directories are removed; `Lab.close` reports anything left behind.
 """
 
 from __future__ import annotations
@@ -188,7 +190,8 @@ class Server:
     netns: str
     key: Path
     # "full": every capability and writable /proc/sys, like a real server (CRIU works);
-    # "confined": systemd-nspawn's defaults plus CAP_NET_ADMIN (`criu check` fails).
+    # "confined": systemd-nspawn's defaults plus CAP_NET_ADMIN and a writable
+    # /proc/sys/net (`criu check` fails: kernel.ns_last_pid stays read-only).
     mode: str = "full"
     proc: subprocess.Popen | None = None
     log: Path | None = None
@@ -255,8 +258,13 @@ class Lab:
         srv = Server(name=name, address=address, root=self.workdir / name,
                      netns=f"{self.prefix}-{name}", key=key, mode=mode)
         self.servers[name] = srv
-        # The server's copy of the root (rsync: hard links would share inodes with the cache).
-        run("cp", "-a", "--reflink=auto", f"{base}/.", srv.root)
+        # The server's root: copy-on-write over the cached base (overlayfs), so a server
+        # costs only what it changes; the base itself is never written.
+        upper, work = self.workdir / f"{name}.upper", self.workdir / f"{name}.work"
+        for d in (srv.root, upper, work):
+            d.mkdir()
+        run("mount", "-t", "overlay", "overlay", "-o",
+            f"lowerdir={base},upperdir={upper},workdir={work}", srv.root)
         (srv.root / "etc/hostname").write_text(name + "\n")
         ssh_dir = srv.root / "root/.ssh"
         ssh_dir.mkdir(mode=0o700, exist_ok=True)
@@ -280,9 +288,9 @@ class Lab:
         if srv.mode == "full":
             caps = ["--capability=all"]
             env["SYSTEMD_NSPAWN_API_VFS_WRITABLE"] = "1"  # /proc/sys: CRIU writes ns_last_pid
-        else:
+        else:  # /proc/sys/net only: forwarding works, CRIU's ns_last_pid does not
             caps = ["--capability=CAP_NET_ADMIN"]
-            env.pop("SYSTEMD_NSPAWN_API_VFS_WRITABLE", None)
+            env["SYSTEMD_NSPAWN_API_VFS_WRITABLE"] = "network"
         with open(srv.log, "ab") as log:
             srv.proc = subprocess.Popen(
                 ["systemd-nspawn", "-q", "-D", str(srv.root), "--boot", "--register=no",
@@ -354,7 +362,15 @@ class Lab:
             run("ip", "netns", "delete", srv.netns, check=False)
         run("ip", "netns", "delete", self.lan_ns, check=False)
         run("ip", "link", "delete", self.host_if, check=False)
+        for srv in self.servers.values():
+            if os.path.ismount(srv.root):
+                if run("umount", srv.root, check=False).returncode != 0:
+                    time.sleep(1)
+                    run("umount", srv.root, check=False)
         left = self.leftovers()
         for srv in self.servers.values():
-            shutil.rmtree(srv.root, ignore_errors=True)
+            if not os.path.ismount(srv.root):  # never delete through a mount
+                run("rm", "-rf", "--one-file-system", srv.root,
+                    self.workdir / f"{srv.name}.upper", self.workdir / f"{srv.name}.work",
+                    check=False)
         return left
