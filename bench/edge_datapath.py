@@ -130,8 +130,9 @@ class Net:
                        for k, v in cfg.items())
         text += f'\n[[agents]]\nname = "s1"\nurl = "{self.agent_url}"\n'
         (self.root / "edge.toml").write_text(text)
-        self.edge = self._spawn([sys.executable, "-m", "edgeshot.cli.edge", "--config",
-                                 str(self.root / "edge.toml")], self.root / "edge.log")
+        self.edge = self._spawn([str(Path(sys.executable).parent / "edgeshot"), "edge",
+                                 "--config", str(self.root / "edge.toml")],
+                                self.root / "edge.log")
         wait(lambda: self._ok(self.edge_url + "/v1/health", self.ectl), 60, "the edge")
 
     def _ok(self, url: str, token: str) -> bool:
@@ -439,6 +440,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--runtime", choices=("auto", "node", "python"), default="auto")
+    ap.add_argument("--show-log", action="store_true", help="print the edge's log at the end")
     ap.add_argument("--edge", action="append", default=[], metavar="KEY=JSON",
                     help="an edge configuration value (e.g. log_sample=10)")
     a = ap.parse_args()
@@ -494,6 +496,9 @@ def main() -> None:
             st = statistics.median(r["load step -> added instance serving"])
             print(f"  target <= 1000 ms: {'met' if st <= 1000 else 'MISSED'}")
     finally:
+        if a.show_log:
+            print((net.root / "edge.log").read_text(errors="replace")[-6000:])
+            print((net.root / "agent.log").read_text(errors="replace")[-4000:])
         net.close()
 
 

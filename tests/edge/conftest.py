@@ -88,7 +88,8 @@ class EdgeProcess:
         env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "edgeshot.cli.edge", "--config", str(self.config)],
+                [str(Path(sys.executable).parent / "edgeshot"), "edge", "--config",
+                 str(self.config)],
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
                 cwd=self.root)
         deadline = time.monotonic() + timeout

@@ -125,7 +125,8 @@ class Activator:
 
     async def start_unix(self, path: Path) -> None:
         path.unlink(missing_ok=True)
-        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
+                               shutdown_timeout=2.0)
         await runner.setup()
         site = web.UnixSite(runner, str(path))
         await site.start()
@@ -135,7 +136,8 @@ class Activator:
     async def start_tcp(self, host: str, port: int, router: Router) -> None:
         """Serve the edgepoint's data path directly (no HAProxy)."""
         self.set_router(router)
-        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
+                               shutdown_timeout=2.0)
         await runner.setup()
         await web.TCPSite(runner, host, port, reuse_address=True).start()
         self._runners.append(runner)

@@ -139,9 +139,11 @@ class EdgeConfig(BaseModel):
     use_haproxy: Literal["auto", "off"] = "auto"
     log_sample: int = Field(1, ge=1, le=1000, description="log 1 request in N for latency")
     nbthread: int | None = Field(None, ge=1, le=64)
-    tick_s: float = Field(0.25, ge=0.02, le=60)
-    stable_window_s: float = Field(60.0, gt=0)
-    panic_window_s: float = Field(6.0, gt=0)
+    tick_s: float = Field(0.1, ge=0.02, le=60, description="observe and decide this often")
+    stable_window_s: float = Field(60.0, gt=0, description="Knative's default")
+    panic_window_s: float = Field(1.0, gt=0, description="Knative uses 6 s with cold starts "
+                                  "of seconds; restores take ~0.1 s here, so bursts are "
+                                  "answered within one second")
     scale_down_delay_s: float = Field(30.0, ge=0)
     usage_interval_s: float = Field(10.0, ge=0.05, le=3600)
     capacity_interval_s: float = Field(2.0, ge=0.05, le=600)
@@ -314,6 +316,8 @@ class Edge:
         self.last: Decision | None = None
         self.busy: set[str] = set()
         self.gone: dict[str, float] = {}  # instances taken out lately (stale agent lists)
+        self.retiring: set[str] = set()  # placements taken away, instances still going
+        self.leftover_servers: set[tuple[str, str]] = set()  # del server refused: retry
         self.wake = asyncio.Event()
         self.tick_lock = asyncio.Lock()
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -408,6 +412,7 @@ class Edge:
         """Graceful: stop deciding, let running actions end, store every counter and
         minute, then stop HAProxy (unless ``keep_haproxy``)."""
         self._stopping = True
+        t_stop = time.monotonic()
         for t in self.loops:
             t.cancel()
         for t in self.loops:
@@ -415,6 +420,7 @@ class Edge:
                 await t
         self.loops = []
         if self.tasks:
+            log.info("waiting for %d action(s) under way", len(self.tasks))
             await asyncio.wait(self.tasks, timeout=self.cfg.drain_timeout_s + 30)
         if self._api_runner is not None:
             await self._api_runner.cleanup()
@@ -439,6 +445,7 @@ class Edge:
         for a in self.agents.values():
             await a.close()
         self.store.close()
+        log.info("edge %s stopped in %.1f s", self.cfg.edgepoint, time.monotonic() - t_stop)
 
     async def _stop_haproxy(self) -> None:
         """Soft stop; read the workers' counters until they are gone (every request they
@@ -468,6 +475,7 @@ class Edge:
         """Decide every tick_s, or at once when the activator reports demand."""
         while True:
             t0 = time.monotonic()
+            self.wake.clear()  # before the tick: demand during the tick wakes the next one
             try:
                 async with self.tick_lock:
                     await self._tick()
@@ -475,7 +483,6 @@ class Edge:
                 raise
             except Exception:
                 log.exception("edge %s: tick failed", self.cfg.edgepoint)
-            self.wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(),
                                        max(0.0, self.cfg.tick_s - (time.monotonic() - t0)))
@@ -589,6 +596,7 @@ class Edge:
     async def _retire(self, pid: str) -> None:
         """A placement taken away: its instances stop, its warm pool goes."""
         pr = self.placements.pop(pid)
+        self.retiring.add(pid)  # no decisions for it while its instances go
         tasks = []
         for live in list(self.live.values()):
             if live.placement == pid and live.state != "starting" and live.id not in self.busy:
@@ -598,8 +606,12 @@ class Edge:
             if snap.placement == pid:
                 tasks.append(self._discard(Discard(pid, snap.id, snap.server, "placement-removed")))
         self.placements[pid] = pr  # still known while its instances go
-        await asyncio.gather(*tasks, return_exceptions=True)
-        self.placements.pop(pid, None)
+        try:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            if self.placements.get(pid) is pr:
+                self.placements.pop(pid, None)
+            self.retiring.discard(pid)
 
     # -- HAProxy ---------------------------------------------------------------------------
     def _hconf(self) -> H.HAProxyConf:
@@ -803,6 +815,9 @@ class Edge:
         pr = self.placements.get(lv.placement)
         if pr is None or lv.address is None:
             return
+        if (pr.app, lv.id) in self.leftover_servers:  # the same instance, back
+            await self._remove_server(pr.app, lv.id, attempts=10)
+            self.leftover_servers.discard((pr.app, lv.id))
         await self.haproxy.admin.add_server(pr.app, H.Server(lv.id, lv.address,
                                                              weight=lv.weight or 1),
                                             affinity=pr.conf(()).affinity)
@@ -884,6 +899,8 @@ class Edge:
                     Snapshotted(sn.id, sn.version, sn.server, sn.since))
         ps = []
         for pid, pr in self.placements.items():
+            if pid in self.retiring:
+                continue
             pol = pr.policy
             ps.append(PlacementView(
                 pid, pol, priority=pr.a.placement.priority, global_share=pr.a.share,
@@ -1079,11 +1096,24 @@ class Edge:
             if old is not None:
                 self.meter.observe_stat(w, old)
         self._flush_now(only=lambda k: k[1] == lv.app and k[2] == lv.id)
-        try:
-            await rt.remove_server(lv.app, lv.id)
-        except H.HAProxyError as exc:
-            log.warning("removing %s from HAProxy: %s", lv.id, exc)
+        if not await self._remove_server(lv.app, lv.id, attempts=25):
+            self.leftover_servers.add((lv.app, lv.id))  # retried later; counters are stored
         self.meter.forget_server(lv.app, lv.id)
+
+    async def _remove_server(self, app: str, server: str, attempts: int = 1) -> bool:
+        """``del server`` (HAProxy refuses while a connection is still attached: a request
+        whose client left, a connection closing): retried a few times."""
+        assert self.haproxy is not None
+        for k in range(attempts):
+            try:
+                await self.haproxy.admin.remove_server(app, server)
+                return True
+            except H.HAProxyError as exc:
+                if k == attempts - 1:
+                    log.warning("removing %s from HAProxy: %s (will retry)", server, exc)
+                    return False
+                await asyncio.sleep(0.2)
+        return False
 
     async def _discard(self, a: Discard) -> None:
         try:
@@ -1190,6 +1220,11 @@ class Edge:
 
     async def _flush_history(self) -> None:
         self.book.flush(self.store)
+        for app, server in list(self.leftover_servers):
+            if server in self.live:
+                self.leftover_servers.discard((app, server))  # back under the same name
+            elif self.haproxy is None or await self._remove_server(app, server):
+                self.leftover_servers.discard((app, server))
         cutoff = time.monotonic() - 60
         for k in [k for k, t in self.gone.items() if t < cutoff]:
             del self.gone[k]
@@ -1277,7 +1312,8 @@ class Edge:
     # -- API ---------------------------------------------------------------------------------
     async def _start_api(self) -> None:
         app = build_api(self)
-        self._api_runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        self._api_runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                                         shutdown_timeout=3.0)
         await self._api_runner.setup()
         await web.TCPSite(self._api_runner, self.cfg.api_listen or self.cfg.listen,
                           self.cfg.api_port, reuse_address=True).start()
