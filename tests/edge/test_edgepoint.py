@@ -281,3 +281,19 @@ def test_placements_survive_a_restart_and_wrong_edgepoint_is_refused(edges, orig
     with pytest.raises(Invalid, match="edgepoint"):
         e.call(lambda c: c.set_placements([other]))
     assert Path(e.state / "edge.db").stat().st_mode & 0o077 == 0
+
+
+def test_without_haproxy_the_activator_serves_the_data_path(edges, origin):
+    e = edges(use_haproxy="off", usage_interval_s=0.3).start()
+    health = e.call(lambda c: c.health())
+    assert health.mode == "activator" and "use_haproxy" in health.mode_reason
+    place(e, origin, idle_s=300)
+    status, headers, body = e.get("/catalog")
+    assert status == 200 and b"price" in body
+    cookie = headers["set-cookie"].split(";")[0]
+    assert cookie.startswith("ES_shop=")
+    assert e.get("/catalog", headers={"Cookie": cookie})[0] == 200
+    assert json.loads(e.get("/account/bob")[2])["name"] == "origin"
+    assert e.get("/catalog", host="evil.example.net")[0] == 404
+    assert not e.haproxy_pids()
+    wait_for(lambda: usage_total(e)[0] == 2, 10, what="usage of the two edge requests")
