@@ -50,6 +50,7 @@ in the same decision; evictions are, and the executor runs them before restores.
 from __future__ import annotations
 
 import gc
+import heapq
 import math
 from dataclasses import dataclass, field
 from typing import Literal
@@ -303,27 +304,43 @@ def split_by_weight(total: int, weights: tuple[tuple[str, int], ...]) -> dict[st
 
 
 class _Room:
-    """Free capacity per server while one decision places restores."""
+    """Free capacity per server while one decision places restores (a max-heap by free
+    slots with lazy updates: picking a server costs O(log servers), not O(servers))."""
 
-    __slots__ = ("slots", "cpu", "mem", "names")
+    __slots__ = ("slots", "cpu", "mem", "heap", "order")
 
     def __init__(self, servers: tuple[ServerView, ...]) -> None:
-        self.names = [s.name for s in servers if s.healthy]
-        self.slots = {s.name: s.slots_free for s in servers if s.healthy}
-        self.cpu = {s.name: s.cpu_free for s in servers if s.healthy}
-        self.mem = {s.name: s.memory_free for s in servers if s.healthy}
+        ok = [s for s in servers if s.healthy]
+        self.slots = {s.name: s.slots_free for s in ok}
+        self.cpu = {s.name: s.cpu_free for s in ok}
+        self.mem = {s.name: s.memory_free for s in ok}
+        self.order = {s.name: k for k, s in enumerate(ok)}
+        self.heap = [(-s.slots_free, k, s.name) for k, s in enumerate(ok) if s.slots_free > 0]
+        heapq.heapify(self.heap)
 
     def fits(self, server: str, cpu: float, mem: float) -> bool:
         return (self.slots.get(server, 0) > 0 and self.cpu[server] >= cpu - 1e-9
                 and self.mem[server] >= mem)
 
     def best(self, cpu: float, mem: float) -> str | None:
-        best, most = None, 0
-        for n in self.names:
-            s = self.slots[n]
-            if s > most and self.cpu[n] >= cpu - 1e-9 and self.mem[n] >= mem:
-                best, most = n, s
-        return best
+        """The server with the most free slots (the first listed among equals) that fits."""
+        heap, skipped, found = self.heap, [], None
+        while heap:
+            neg, k, name = heap[0]
+            cur = self.slots[name]
+            if -neg != cur:  # stale entry: refresh it
+                if cur > 0:
+                    heapq.heapreplace(heap, (-cur, k, name))
+                else:
+                    heapq.heappop(heap)
+                continue
+            if self.cpu[name] >= cpu - 1e-9 and self.mem[name] >= mem:
+                found = name
+                break
+            skipped.append(heapq.heappop(heap))
+        for e in skipped:
+            heapq.heappush(heap, e)
+        return found
 
     def take(self, server: str, cpu: float, mem: float) -> None:
         self.slots[server] -= 1
@@ -335,6 +352,7 @@ class _Room:
             self.slots[server] += 1
             self.cpu[server] += cpu
             self.mem[server] += mem
+            heapq.heappush(self.heap, (-self.slots[server], self.order[server], server))
 
 
 def decide(view: EdgeView, memory: Memory | None = None, now: float = 0.0,
