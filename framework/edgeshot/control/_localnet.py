@@ -284,40 +284,42 @@ class LocalNetwork:
         self.manifest.save(self.state_dir)
         return proc
 
-    def start(self, timeout: float = 60.0, progress: Any = None,
+    def start(self, timeout: float = 90.0, progress: Any = None,
               services: tuple[str, ...] = ("agent", "edge", "controller")) -> None:
-        """Agents, then edge processes, then the controller (which starts the dispatcher
-        and then captures and distributes every app); returns once all answer."""
+        """Agents, edge processes and the controller, all at once (each waits for the
+        others it needs: edges retry their agents, the controller captures once the agents
+        answer and gives each edge its placements when it first answers); returns once
+        all answer their health checks."""
         say = progress or (lambda _msg: None)
         py = sys.executable
         try:
-            for server, a in self.manifest.agents.items():
-                if "agent" not in services:
-                    break
-                self._spawn(f"agent {server}", "agent",
-                            [py, "-m", "edgeshot.cli.agent", "--config", a["config"]],
-                            a["url"] + "/v1/health", Path(a["config"]).parent)
-            self._wait_all("agent", timeout, self.token("operator"))
-            say(f"{len(self.manifest.agents)} agent(s) up")
-            if "edge" not in services:
-                pass
-            elif self.manifest.edge_note is None:
+            if "agent" in services:
+                for server, a in self.manifest.agents.items():
+                    self._spawn(f"agent {server}", "agent",
+                                [py, "-m", "edgeshot.cli.agent", "--config", a["config"]],
+                                a["url"] + "/v1/health", Path(a["config"]).parent)
+            edges = "edge" in services and self.manifest.edge_note is None
+            if edges:
                 from ._edge_http import edge_argv
                 for ep, e in self.manifest.edges.items():
                     self._spawn(f"edge {ep}", "edge", edge_argv(py, e["config"]),
                                 e["url"] + "/v1/health", Path(e["config"]).parent)
+            if "controller" in services:
+                self._spawn("controller", "controller",
+                            [py, "-m", "edgeshot.control.server", "--config",
+                             str(self.state_dir / "controller.toml")],
+                            self.manifest.controller_url + "/v1/health", self.state_dir)
+            if "agent" in services:
+                self._wait_all("agent", timeout, self.token("operator"))
+                say(f"{len(self.manifest.agents)} agent(s) up")
+            if edges:
                 self._wait_all("edge", timeout, self.token("operator"))
                 say(f"{len(self.manifest.edges)} edge process(es) up")
-            else:
+            elif "edge" in services:
                 say(f"edge processes not started: {self.manifest.edge_note}")
-            if "controller" not in services:
-                return
-            self._spawn("controller", "controller",
-                        [py, "-m", "edgeshot.control.server", "--config",
-                         str(self.state_dir / "controller.toml")],
-                        self.manifest.controller_url + "/v1/health", self.state_dir)
-            self._wait_all("controller", timeout, None)
-            say("controller up")
+            if "controller" in services:
+                self._wait_all("controller", timeout, None)
+                say("controller up")
         except BaseException:
             self.stop()
             raise
