@@ -152,6 +152,8 @@ class EdgeConfig(BaseModel):
     retry_after_s: int = Field(2, ge=1)
     drain_timeout_s: float = Field(10.0, ge=0)
     restore_backoff_s: float = Field(5.0, ge=0, description="after a failed restore on a server")
+    unhealthy_after_s: float = Field(1.0, ge=0, description="down in HAProxy this long: "
+                                     "the instance is replaced")
     keep_haproxy: bool = Field(False, description="leave HAProxy running when the edge stops")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -318,6 +320,7 @@ class Edge:
         self.gone: dict[str, float] = {}  # instances taken out lately (stale agent lists)
         self.retiring: set[str] = set()  # placements taken away, instances still going
         self.leftover_servers: set[tuple[str, str]] = set()  # del server refused: retry
+        self._versions: dict[str, str] = {}
         self.wake = asyncio.Event()
         self.tick_lock = asyncio.Lock()
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -860,11 +863,16 @@ class Edge:
             lv.scur = _f(r.get("scur"))
             conc[px] = conc.get(px, 0.0) + lv.scur
             status = r.get("status", "")
-            if lv.state == "ready" and status.startswith("DOWN"):
+            if lv.state != "ready":
+                continue
+            if status.startswith("DOWN"):
                 lv.down_since = lv.down_since or now
-                lv.state = "unhealthy"
-                log.warning("instance %s of %s is down in HAProxy (%s): replacing it",
-                            lv.id, px, r.get("check_status") or status)
+                if now - lv.down_since >= self.cfg.unhealthy_after_s:
+                    lv.state = "unhealthy"
+                    log.warning("instance %s of %s is down in HAProxy (%s): replacing it",
+                                lv.id, px, r.get("check_status") or status)
+            else:
+                lv.down_since = None
         for app, pid in self.by_app.items():
             pr = self.placements[pid]
             q = self.activator.queued(app)
@@ -1133,7 +1141,7 @@ class Edge:
         pr = self.placements.get(self.by_app.get(app, ""))
         affinity = pr is not None and pr.conf(()).affinity
         for lv in self.live.values():
-            if lv.app == app and lv.state == "ready" and lv.address:
+            if lv.app == app and lv.state == "ready" and lv.address and lv.down_since is None:
                 cookie = lv.cookie if self.mode == "haproxy" else lv.id
                 ready.setdefault(lv.version, []).append(Target(
                     lv.id, lv.version, lv.address, cookie=cookie if affinity else None,
@@ -1188,11 +1196,21 @@ class Edge:
             if lv is not None:
                 version = lv.version
             else:
-                meta = self.store.instance(server)
-                version = meta.version if meta else "?"
+                version = self._version_of(server)
         if app not in self.by_app:
             return
         self.book.record(app, version, ms, status, region, n=self.cfg.log_sample)
+
+    def _version_of(self, instance: str) -> str:
+        """The version of an instance this edge no longer routes to (late log lines)."""
+        v = self._versions.get(instance)
+        if v is None:
+            meta = self.store.instance(instance)
+            v = meta.version if meta else "?"
+            if len(self._versions) > 10_000:
+                self._versions.clear()
+            self._versions[instance] = v
+        return v
 
     # -- usage and history ---------------------------------------------------------------
     def _resolve(self, instance: str) -> InstanceMeta | None:
