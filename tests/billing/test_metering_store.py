@@ -88,7 +88,7 @@ def put(store: Store, source: str, after: int, recs: list, peak=None) -> int:
     with store.tx() as db:
         if after == 0:
             ms.ensure_source(db, source, "agent", f"agent/{source}")
-        return ms.ingest(db, source, after, ms.rows_of(recs), recs[-1].seq if recs else after,
+        return ms.ingest(db, source, after, ms.rows_of(recs, source), recs[-1].seq if recs else after,
                          recs[-1].seq if recs else after, ms.Splitter(peak))
 
 
@@ -107,7 +107,7 @@ def test_cursor_guard_and_primary_key(store: Store) -> None:
     # a record stored twice is an error even past the guard
     with pytest.raises(sqlite3.IntegrityError):
         with store.tx() as db:
-            ms.ingest(db, "a", 2, ms.rows_of([record(2, t, 10)]), 2, 2, ms.Splitter(None))
+            ms.ingest(db, "a", 2, ms.rows_of([record(2, t, 10)], "a"), 2, 2, ms.Splitter(None))
     (src,) = ms.sources(store.db)
     assert (src["cursor"], src["records"]) == (2, 2)
     assert store.query("SELECT SUM(cpu_us) FROM usage_hourly")[0][0] == 3_500_000

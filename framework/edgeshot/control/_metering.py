@@ -186,9 +186,9 @@ class Collector:
                     raise SourceReset(
                         f"{source}: its last seq is {page.head_seq}, below the {cursor} "
                         "already stored (its usage store was replaced?); not read")
-                rows = self._check(page, cursor)
+                self._check(page, cursor)
                 t0 = time.perf_counter()
-                n = await asyncio.to_thread(self._store_page, source, cursor, rows,
+                n = await asyncio.to_thread(self._store_page, source, cursor, page.records,
                                             page.last_seq, page.head_seq)
                 self.stats.ingest_seconds += time.perf_counter() - t0
                 self.stats.pages += 1
@@ -203,7 +203,7 @@ class Collector:
                 if not page.records or cursor >= page.head_seq:
                     return total
 
-    def _check(self, page: Any, after: int) -> list[ms.Row]:
+    def _check(self, page: Any, after: int) -> None:
         prev = after
         for r in page.records:
             if r.source != page.source:
@@ -214,10 +214,10 @@ class Collector:
         if page.records and page.last_seq != prev:
             raise PageError(f"{page.source}: last_seq {page.last_seq} but the last record is "
                             f"{prev}")
-        return ms.rows_of(page.records)
 
-    def _store_page(self, source: str, after: int, rows: list[ms.Row], last_seq: int,
+    def _store_page(self, source: str, after: int, records: list[Any], last_seq: int,
                     head: int) -> int:
+        rows = ms.rows_of(records, source)  # (in a thread: the event loop goes on)
         with self.store.tx() as db:
             return ms.ingest(db, source, after, rows, last_seq, head, self.splitter)
 

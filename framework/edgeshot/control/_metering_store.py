@@ -116,6 +116,7 @@ class Splitter:
         self.peak = peak
         self.shift = hour_shift(zone or (peak.timezone if peak else "UTC"))
         self._windows = lru_cache(maxsize=4096)(self._hour_windows)
+        self._status: dict[int, int] = {}
 
     def _hour_windows(self, hour: int) -> tuple[tuple[float, float], ...]:
         # in shifted seconds, as `pieces` works
@@ -123,6 +124,15 @@ class Splitter:
         b = datetime.fromtimestamp((hour + 1) * HOUR - self.shift, UTC)
         return tuple((w0.timestamp() + self.shift, w1.timestamp() + self.shift)
                      for w0, w1 in billing.peak_windows(a, b, self.peak))
+
+    def hour_status(self, hour: int) -> int:
+        """0: no part of the hour is in the peak window, 1: all of it, 2: a part."""
+        st = self._status.get(hour)
+        if st is None:
+            wins = self._windows(hour) if self.peak is not None else ()
+            inside = sum(b - a for a, b in wins)
+            st = self._status[hour] = 0 if inside <= 0 else 1 if inside >= HOUR else 2
+        return st
 
     def pieces(self, start: float, end: float) -> list[tuple[int, int, float]]:
         start += self.shift
@@ -170,41 +180,51 @@ def spread(total: int, weights: Sequence[float]) -> list[int]:
 
 # ---------------------------------------------------------------------- ingest
 
-Row = tuple[Any, ...]  # (seq, instance, app, version, owner, vendor, edgepoint, start, end, *QTY)
+# (source, seq, instance, app, version, owner, vendor, edgepoint, start, end, *QTY)
+Row = tuple[Any, ...]
 
 
-def rows_of(records: Iterable[Any]) -> list[Row]:
+def rows_of(records: Iterable[Any], source: str) -> list[Row]:
     """UsageRecord models (or anything with their attributes) as stored rows."""
-    out = []
-    for r in records:
-        out.append((r.seq, r.instance, r.app, r.version, r.owner, r.vendor, r.edgepoint,
-                    r.start.timestamp(), r.end.timestamp(),
-                    micro(r.cpu_seconds), micro(r.memory_gb_seconds), r.disk_read_bytes,
-                    r.disk_write_bytes, micro(r.storage_gb_hours), r.net_in_bytes,
-                    r.net_out_bytes, r.requests))
-    return out
+    return [(source, r.seq, r.instance, r.app, r.version, r.owner, r.vendor, r.edgepoint,
+             r.start.timestamp(), r.end.timestamp(),
+             int(round(r.cpu_seconds * MICRO)), int(round(r.memory_gb_seconds * MICRO)),
+             r.disk_read_bytes, r.disk_write_bytes, int(round(r.storage_gb_hours * MICRO)),
+             r.net_in_bytes, r.net_out_bytes, r.requests) for r in records]
 
 
 def aggregate(rows: Iterable[Row], splitter: Splitter) -> dict[tuple[Any, ...], list[int]]:
     """The hourly aggregates a batch of rows adds: key -> quantities."""
     acc: dict[tuple[Any, ...], list[int]] = {}
+    shift = splitter.shift
+    status = splitter.hour_status
     for r in rows:
-        pieces = splitter.pieces(r[7], r[8])
-        # key order of usage_hourly: hour, owner, app, version, vendor, edgepoint, instance, peak
-        if len(pieces) == 1:
-            h, pk, _ = pieces[0]
-            key = (h, r[4], r[2], r[3], r[5], r[6], r[1], pk)
-            cur = acc.get(key)
-            if cur is None:
-                acc[key] = list(r[9:17])
-            else:
-                for i in range(8):
-                    cur[i] += r[9 + i]
-            continue
+        start, end = r[8] + shift, r[9] + shift
+        h = int(start // HOUR)
+        if end <= (h + 1) * HOUR and end > start:
+            st = status(h)  # 0: no peak in this hour, 1: all of it, 2: partly
+            if st != 2:
+                # key order of usage_hourly: hour, owner, app, version, vendor, edgepoint,
+                # instance, peak
+                key = (h, r[5], r[3], r[4], r[6], r[7], r[2], st)
+                cur = acc.get(key)
+                if cur is None:
+                    acc[key] = list(r[10:18])
+                else:
+                    cur[0] += r[10]
+                    cur[1] += r[11]
+                    cur[2] += r[12]
+                    cur[3] += r[13]
+                    cur[4] += r[14]
+                    cur[5] += r[15]
+                    cur[6] += r[16]
+                    cur[7] += r[17]
+                continue
+        pieces = splitter.pieces(r[8], r[9])
         weights = [w for _, _, w in pieces]
-        split = [spread(q, weights) for q in r[9:17]]
-        for j, (h, pk, _) in enumerate(pieces):
-            key = (h, r[4], r[2], r[3], r[5], r[6], r[1], pk)
+        split = [spread(q, weights) for q in r[10:18]]
+        for j, (hh, pk, _) in enumerate(pieces):
+            key = (hh, r[5], r[3], r[4], r[6], r[7], r[2], pk)
             cur = acc.setdefault(key, [0] * 8)
             for i in range(8):
                 cur[i] += split[i][j]
@@ -242,13 +262,13 @@ def ingest(db: sqlite3.Connection, source: str, after: int, rows: list[Row], las
         raise CursorMoved(f"{source}: cursor is {row[0] if row else None}, page was pulled "
                           f"after {after}")
     if rows:
-        db.executemany(_INSERT_RECORD, [(source, *r) for r in rows])
+        db.executemany(_INSERT_RECORD, rows)
         acc = aggregate(rows, splitter)
         db.executemany(_UPSERT_HOURLY, [(*k, *v) for k, v in acc.items()])
     db.execute("UPDATE usage_sources SET cursor = ?, head = ?, records = records + ?, "
                "last_end = COALESCE(?, last_end), last_ok = ?, last_error = NULL, errors = 0 "
                "WHERE source = ?",
-               (last_seq, max(head, last_seq), len(rows), rows[-1][8] if rows else None,
+               (last_seq, max(head, last_seq), len(rows), rows[-1][9] if rows else None,
                 time.time() if now is None else now, source))
     return len(rows)
 
