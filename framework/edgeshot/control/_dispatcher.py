@@ -90,7 +90,7 @@ class GlobalDispatcher:
         self.dir = Path(config.state_dir)
         self.maps = self.dir / "maps"
         self.cfg_path = self.dir / "dispatcher.cfg"
-        self.socket = self.dir / "dispatcher.sock"
+        self.socket = _socket_path(self.dir / "dispatcher.sock")
         self.lua = self.dir / "delay.lua"
         self.runtime = Runtime(self.socket)
         self.proc: asyncio.subprocess.Process | None = None
@@ -176,10 +176,12 @@ class GlobalDispatcher:
         exe = haproxy_binary(self.config.haproxy)
         if exe is None:
             raise DispatcherError("haproxy is not installed (run `make system` as root)")
-        res = subprocess.run([exe, "-c", "-q", "-f", str(self.cfg_path)], capture_output=True,
+        res = subprocess.run([exe, "-c", "-f", str(self.cfg_path)], capture_output=True,
                              text=True)
         if res.returncode != 0:
-            raise DispatcherError(f"dispatcher configuration refused by haproxy:\n{res.stderr}")
+            why = "\n".join(ln for ln in (res.stdout + res.stderr).splitlines()
+                            if "ALERT" in ln or "WARNING" in ln) or res.stdout + res.stderr
+            raise DispatcherError(f"dispatcher configuration refused by haproxy:\n{why}")
 
     async def start(self) -> None:
         """Start HAProxy (master-worker, in the foreground of this process's children)."""
@@ -323,6 +325,17 @@ class GlobalDispatcher:
             c["requests"] += int(row.get("stot") or 0)
             c["errors"] += int(row.get("hrsp_5xx") or 0)
         return out
+
+
+def _socket_path(wanted: Path) -> Path:
+    """A Unix socket path holds at most 107 bytes: deep state directories get a short
+    path of their own under /tmp (named after the directory, so it stays the same)."""
+    if len(str(wanted)) <= 100:
+        return wanted
+    import hashlib
+    import tempfile
+    digest = hashlib.sha256(str(wanted).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"edgeshot-{digest}.sock"
 
 
 def _maxconn(wanted: int) -> int:

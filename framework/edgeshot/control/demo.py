@@ -327,12 +327,16 @@ async def _run(opts: DemoOptions, console: Console) -> DemoResult:
                     st = await ctl.status()
                     if all(a["primary"] and a["routed"] for a in st["apps"]):
                         break
+                    if st["dispatcher"]["note"] and not st["dispatcher"]["running"]:
+                        raise NetworkError(f"global dispatcher: {st['dispatcher']['note']}")
                     failed = [e for e in await ctl.events(limit=500) if e["kind"] == "start-failed"]
                     if failed:
                         raise NetworkError(failed[-1]["message"])
                     await asyncio.sleep(0.5)
                 else:
-                    raise NetworkError("the apps did not start within 180 s")
+                    log = (state / "logs" / "controller.log").read_text(errors="replace")
+                    raise NetworkError("the apps did not start within 180 s: "
+                                       f"{[a for a in st['apps']]}\n{log[-2000:]}")
             for e in await ctl.events(limit=500):
                 if e["kind"] in ("captured", "distributed"):
                     console.print(f"  {e['kind']}: {e['message']}", highlight=False)
