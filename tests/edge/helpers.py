@@ -108,7 +108,7 @@ class Hammer:
                 try:
                     st, _, _ = request(host, port, path, method=method, headers=headers,
                                        timeout=30)
-                except OSError:
+                except (OSError, http.client.HTTPException):  # refused, reset, cut short
                     st = 0
                 with self._lock:
                     self.statuses[st] = self.statuses.get(st, 0) + 1
