@@ -40,6 +40,11 @@ PAGE = 5000
 
 
 def rss_mb() -> float:
+    """Peak RSS of this process image (VmHWM: ru_maxrss survives exec on Linux, so a child
+    would report its parent's peak)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -124,19 +129,20 @@ def make_month(db_path: Path, instances: int, hours: int = 720) -> int:
     db.execute("PRAGMA synchronous=OFF")
     h0 = int(datetime(2026, 10, 31, 23, tzinfo=UTC).timestamp() // 3600)  # 1 Nov, Berlin
     splitter = ms.Splitter(PEAK)
-    sql = ("INSERT INTO usage_hourly (hour, owner, app, version, vendor, edgepoint, instance, "
-           f"peak, {', '.join(ms.QTY)}) VALUES ({', '.join('?' * 16)})")
-    keys = [(f"owner{i % 100}", f"app{i % 1000}", "1", f"vendor{i % 50}", f"ep{i % 10}",
+    sql = ("INSERT INTO usage_hourly (month, owner, app, vendor, peak, version, edgepoint, "
+           f"instance, hour, {', '.join(ms.QTY)}) VALUES ({', '.join('?' * 17)})")
+    keys = [(f"owner{i % 100}", f"app{i % 1000}", f"vendor{i % 50}", "1", f"ep{i % 10}",
              f"i{i}") for i in range(instances)]
     n = 0
+    db.execute("BEGIN")
     for h in range(h0, h0 + hours):
-        pk = splitter.pieces(h * 3600 + 1, h * 3600 + 2)[0][1]
-        db.execute("BEGIN")
-        db.executemany(sql, [(h, *k, pk, 360_000_000 + j, 900_000_000, 4096 * j, 8192,
-                              50_000, 10**6 + j, 5 * 10**6, 100 + j % 50)
-                             for j, k in enumerate(keys)])
-        db.execute("COMMIT")
+        pk = splitter.hour_status(h)
+        month = splitter.month_of(h)
+        db.executemany(sql, [(month, o, a, v, pk, ver, ep, i, h, 360_000_000 + j, 900_000_000,
+                              4096 * j, 8192, 50_000, 10**6 + j, 5 * 10**6, 100 + j % 50)
+                             for j, (o, a, v, ver, ep, i) in enumerate(keys)])
         n += instances
+    db.execute("COMMIT")
     db.close()
     return n
 
@@ -149,8 +155,7 @@ def child(kind: str, db_path: str) -> None:
         out = {"lines": len(b.lines), "total": str(b.total)}
     else:
         db = sqlite3.connect(db_path)
-        m0, m1, full0, full1, _, _ = ms._hours("2026-11", "Europe/Berlin")
-        cur = db.execute("SELECT * FROM usage_hourly WHERE hour >= ? AND hour < ?", (full0, full1))
+        cur = db.execute("SELECT * FROM usage_hourly WHERE month = ?", (ms.month_key("2026-11"),))
         rows = 0
         while batch := cur.fetchmany(10_000):
             rows += len(batch)

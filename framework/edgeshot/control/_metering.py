@@ -20,10 +20,12 @@ metrics. Nothing is lost and nothing is counted twice through restarts of any pa
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -35,6 +37,18 @@ from . import _metering_store as ms
 from ._store import Store
 
 log = logging.getLogger("edgeshot.metering")
+
+
+@contextmanager
+def _no_gc() -> Iterator[None]:
+    """The cyclic GC paused while a page's rows are built (they hold no cycles)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 class MeteringSection(BaseModel):
@@ -217,9 +231,13 @@ class Collector:
 
     def _store_page(self, source: str, after: int, records: list[Any], last_seq: int,
                     head: int) -> int:
-        rows = ms.rows_of(records, source)  # (in a thread: the event loop goes on)
+        # (in a thread: the event loop goes on; no cyclic GC passes over the new tuples)
+        with _no_gc():
+            rows = ms.rows_of(records, source)
+            acc = ms.aggregate(rows, self.splitter)
         with self.store.tx() as db:
-            return ms.ingest(db, source, after, rows, last_seq, head, self.splitter)
+            return ms.ingest(db, source, after, rows, last_seq, head, self.splitter,
+                             aggregates=acc)
 
     # ------------------------------------------------------------------ status
 

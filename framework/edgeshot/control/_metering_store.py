@@ -70,13 +70,16 @@ _MIGRATIONS = [
             PRIMARY KEY (source, seq)
         ) WITHOUT ROWID;
         CREATE TABLE usage_hourly (
-            hour INTEGER NOT NULL,          -- UTC hours since the epoch
-            owner TEXT NOT NULL, app TEXT NOT NULL, version TEXT NOT NULL,
-            vendor TEXT NOT NULL, edgepoint TEXT NOT NULL, instance TEXT NOT NULL,
+            month INTEGER NOT NULL,         -- YYYYMM of the hour, in the billing zone
+            owner TEXT NOT NULL, app TEXT NOT NULL, vendor TEXT NOT NULL,
             peak INTEGER NOT NULL,          -- 1: inside the peak window in force when stored
+            version TEXT NOT NULL, edgepoint TEXT NOT NULL, instance TEXT NOT NULL,
+            hour INTEGER NOT NULL,          -- hours since the epoch, of the billing zone
             {", ".join(f"{q} INTEGER NOT NULL" for q in QTY)},
-            PRIMARY KEY (hour, owner, app, version, vendor, edgepoint, instance, peak)
+            -- month first, then what a bill groups by: a month's bill is one ordered scan
+            PRIMARY KEY (month, owner, app, vendor, peak, version, edgepoint, instance, hour)
         ) WITHOUT ROWID;
+        CREATE INDEX usage_hourly_hour ON usage_hourly (hour);
         CREATE TABLE budget_states (
             app TEXT NOT NULL,
             month TEXT NOT NULL,
@@ -94,8 +97,9 @@ class CursorMoved(RuntimeError):
 
 
 def micro(x: float) -> int:
-    """A meter's float quantity in micro-units (the stored, billed figure)."""
-    return int(round(x * MICRO))
+    """A meter's (non-negative) float quantity in micro-units (the stored, billed figure),
+    half up."""
+    return int(x * MICRO + 0.5)
 
 
 # ---------------------------------------------------------------------- splitting
@@ -114,7 +118,10 @@ class Splitter:
 
     def __init__(self, peak: PeakWindow | None, zone: str | None = None) -> None:
         self.peak = peak
-        self.shift = hour_shift(zone or (peak.timezone if peak else "UTC"))
+        self.zone = zone or (peak.timezone if peak else "UTC")
+        self.shift = hour_shift(self.zone)
+        self._tz = ZoneInfo(self.zone)
+        self._months: dict[int, int] = {}
         self._windows = lru_cache(maxsize=4096)(self._hour_windows)
         self._status: dict[int, int] = {}
 
@@ -124,6 +131,14 @@ class Splitter:
         b = datetime.fromtimestamp((hour + 1) * HOUR - self.shift, UTC)
         return tuple((w0.timestamp() + self.shift, w1.timestamp() + self.shift)
                      for w0, w1 in billing.peak_windows(a, b, self.peak))
+
+    def month_of(self, hour: int) -> int:
+        """YYYYMM of the (zone's) hour: every hour of the zone lies in one of its months."""
+        m = self._months.get(hour)
+        if m is None:
+            local = datetime.fromtimestamp(hour * HOUR - self.shift, UTC).astimezone(self._tz)
+            m = self._months[hour] = local.year * 100 + local.month
+        return m
 
     def hour_status(self, hour: int) -> int:
         """0: no part of the hour is in the peak window, 1: all of it, 2: a part."""
@@ -188,8 +203,8 @@ def rows_of(records: Iterable[Any], source: str) -> list[Row]:
     """UsageRecord models (or anything with their attributes) as stored rows."""
     return [(source, r.seq, r.instance, r.app, r.version, r.owner, r.vendor, r.edgepoint,
              r.start.timestamp(), r.end.timestamp(),
-             int(round(r.cpu_seconds * MICRO)), int(round(r.memory_gb_seconds * MICRO)),
-             r.disk_read_bytes, r.disk_write_bytes, int(round(r.storage_gb_hours * MICRO)),
+             int(r.cpu_seconds * MICRO + 0.5), int(r.memory_gb_seconds * MICRO + 0.5),
+             r.disk_read_bytes, r.disk_write_bytes, int(r.storage_gb_hours * MICRO + 0.5),
              r.net_in_bytes, r.net_out_bytes, r.requests) for r in records]
 
 
@@ -198,15 +213,18 @@ def aggregate(rows: Iterable[Row], splitter: Splitter) -> dict[tuple[Any, ...], 
     acc: dict[tuple[Any, ...], list[int]] = {}
     shift = splitter.shift
     status = splitter.hour_status
+    months = splitter._months
+    month_of = splitter.month_of
     for r in rows:
         start, end = r[8] + shift, r[9] + shift
         h = int(start // HOUR)
         if end <= (h + 1) * HOUR and end > start:
             st = status(h)  # 0: no peak in this hour, 1: all of it, 2: partly
             if st != 2:
-                # key order of usage_hourly: hour, owner, app, version, vendor, edgepoint,
-                # instance, peak
-                key = (h, r[5], r[3], r[4], r[6], r[7], r[2], st)
+                # key order of usage_hourly: month, owner, app, vendor, peak, version,
+                # edgepoint, instance, hour
+                mo = months.get(h) or month_of(h)
+                key = (mo, r[5], r[3], r[6], st, r[4], r[7], r[2], h)
                 cur = acc.get(key)
                 if cur is None:
                     acc[key] = list(r[10:18])
@@ -224,7 +242,7 @@ def aggregate(rows: Iterable[Row], splitter: Splitter) -> dict[tuple[Any, ...], 
         weights = [w for _, _, w in pieces]
         split = [spread(q, weights) for q in r[10:18]]
         for j, (hh, pk, _) in enumerate(pieces):
-            key = (hh, r[5], r[3], r[4], r[6], r[7], r[2], pk)
+            key = (month_of(hh), r[5], r[3], r[6], pk, r[4], r[7], r[2], hh)
             cur = acc.setdefault(key, [0] * 8)
             for i in range(8):
                 cur[i] += split[i][j]
@@ -234,9 +252,10 @@ def aggregate(rows: Iterable[Row], splitter: Splitter) -> dict[tuple[Any, ...], 
 _INSERT_RECORD = (f"INSERT INTO usage_records (source, seq, {', '.join(KEY)}, start, \"end\", "
                   f"{', '.join(QTY)}) VALUES ({', '.join('?' * (2 + len(KEY) + 2 + len(QTY)))})")
 _UPSERT_HOURLY = (
-    "INSERT INTO usage_hourly (hour, owner, app, version, vendor, edgepoint, instance, peak, "
-    f"{', '.join(QTY)}) VALUES ({', '.join('?' * (8 + len(QTY)))}) "
-    "ON CONFLICT (hour, owner, app, version, vendor, edgepoint, instance, peak) DO UPDATE SET "
+    "INSERT INTO usage_hourly (month, owner, app, vendor, peak, version, edgepoint, instance, "
+    f"hour, {', '.join(QTY)}) VALUES ({', '.join('?' * (9 + len(QTY)))}) "
+    "ON CONFLICT (month, owner, app, vendor, peak, version, edgepoint, instance, hour) "
+    "DO UPDATE SET "
     + ", ".join(f"{q} = {q} + excluded.{q}" for q in QTY))
 
 
@@ -253,7 +272,8 @@ def ensure_source(db: sqlite3.Connection, source: str, kind: str, endpoint: str 
 
 
 def ingest(db: sqlite3.Connection, source: str, after: int, rows: list[Row], last_seq: int,
-           head: int, splitter: Splitter, now: float | None = None) -> int:
+           head: int, splitter: Splitter, now: float | None = None,
+           aggregates: dict[tuple[Any, ...], list[int]] | None = None) -> int:
     """Store a page (rows with seq > `after`, in order) of `source`, its hourly aggregates and
     the cursor `last_seq`, inside the caller's transaction. Raises CursorMoved when the
     stored cursor is not `after` (nothing is written then)."""
@@ -263,7 +283,7 @@ def ingest(db: sqlite3.Connection, source: str, after: int, rows: list[Row], las
                           f"after {after}")
     if rows:
         db.executemany(_INSERT_RECORD, rows)
-        acc = aggregate(rows, splitter)
+        acc = aggregate(rows, splitter) if aggregates is None else aggregates
         db.executemany(_UPSERT_HOURLY, [(*k, *v) for k, v in acc.items()])
     db.execute("UPDATE usage_sources SET cursor = ?, head = ?, records = records + ?, "
                "last_end = COALESCE(?, last_end), last_ok = ?, last_error = NULL, errors = 0 "
@@ -287,46 +307,30 @@ def sources(db: sqlite3.Connection) -> list[dict[str, Any]]:
     return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
 
 
-def _hours(month: str, zone: str) -> tuple[datetime, datetime, int, int, int, int]:
-    """The month's bounds and its hours: [full0, full1) wholly inside, [h0, h1) touching
-    (the same unless the zone's offset changed by a part of an hour)."""
-    m0, m1 = billing.month_bounds(month, zone)
-    shift = hour_shift(zone)
-    t0, t1 = m0.timestamp() + shift, m1.timestamp() + shift
-    return m0, m1, math.ceil(t0 / HOUR), int(t1 // HOUR), int(t0 // HOUR), math.ceil(t1 / HOUR)
+def month_key(month: str) -> int:
+    billing.month_bounds(month)  # checks the spelling
+    y, m = month.split("-")
+    return int(y) * 100 + int(m)
 
 
 def month_usage(db: sqlite3.Connection, month: str, zone: str = "UTC", *,
                 owner: str | None = None, app: str | None = None,
                 vendor: str | None = None) -> list[billing.Usage]:
-    """The month's usage as billing reads it, summed in SQL: one Usage per owner, vendor,
-    app and peak flag over the hours wholly inside the month (spanning the month), and
-    per hour for the (at most two) hours the month's bounds cut (time zones with half
-    hours)."""
-    m0, m1, full0, full1, h0, h1 = _hours(month, zone)
-    where, args = [], []
+    """The month's usage as billing reads it, summed in SQL (one ordered scan of the
+    month's rows, no sort): one Usage per owner, app, vendor and peak flag, spanning the
+    month. An hour belongs to the month of the zone of the pricing in force when it was
+    stored."""
+    m0, m1 = billing.month_bounds(month, zone)
+    where, args = ["month = ?"], [month_key(month)]
     for col, val in (("owner", owner), ("app", app), ("vendor", vendor)):
         if val is not None:
             where.append(f"{col} = ?")
             args.append(val)
-    extra = (" AND " + " AND ".join(where)) if where else ""
     sums = ", ".join(f"SUM({q})" for q in QTY)
-    out: list[billing.Usage] = []
-    for owner_, vendor_, app_, peak, *q in db.execute(
-            f"SELECT owner, vendor, app, peak, {sums} FROM usage_hourly "
-            f"WHERE hour >= ? AND hour < ?{extra} GROUP BY owner, vendor, app, peak",
-            (full0, full1, *args)):
-        out.append(_usage(owner_, vendor_, app_, m0, m1, peak, q))
-    edges = [h for h in range(h0, h1) if not full0 <= h < full1]
-    shift = hour_shift(zone)
-    for h in edges:
-        a = datetime.fromtimestamp(h * HOUR - shift, UTC)
-        b = datetime.fromtimestamp((h + 1) * HOUR - shift, UTC)
-        for owner_, vendor_, app_, peak, *q in db.execute(
-                f"SELECT owner, vendor, app, peak, {sums} FROM usage_hourly "
-                f"WHERE hour = ?{extra} GROUP BY owner, vendor, app, peak", (h, *args)):
-            out.append(_usage(owner_, vendor_, app_, a, b, peak, q))
-    return out
+    return [_usage(owner_, vendor_, app_, m0, m1, peak, q)
+            for owner_, app_, vendor_, peak, *q in db.execute(
+                f"SELECT owner, app, vendor, peak, {sums} FROM usage_hourly "
+                f"WHERE {' AND '.join(where)} GROUP BY owner, app, vendor, peak", args)]
 
 
 def _usage(owner: str, vendor: str, app: str, start: datetime, end: datetime, peak: int,

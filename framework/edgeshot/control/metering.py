@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from datetime import datetime
@@ -136,15 +137,26 @@ class Metering:
 
     # ------------------------------------------------------------------ bills
 
+    def _reader(self) -> sqlite3.Connection:
+        """A connection of its own for reading (WAL: readers do not wait for the
+        collector's writes, nor hold up the controller's store while a month is summed)."""
+        return sqlite3.connect(f"file:{self.store.path}?mode=ro", uri=True, timeout=30)
+
     def bill(self, month: str, owner: str | None = None,
              vendor: str | None = None) -> billing.Bill:
-        with self.store._lock:  # one connection: read under the store's lock
-            return ms.bill_month(self.store.db, self.pricing, month, owner=owner, vendor=vendor)
+        db = self._reader()
+        try:
+            return ms.bill_month(db, self.pricing, month, owner=owner, vendor=vendor)
+        finally:
+            db.close()
 
     def vendor_report(self, month: str, vendor: str | None = None
                       ) -> tuple[billing.VendorLine, ...]:
-        with self.store._lock:
-            usage = ms.month_usage(self.store.db, month, self.zone, vendor=vendor)
+        db = self._reader()
+        try:
+            usage = ms.month_usage(db, month, self.zone, vendor=vendor)
+        finally:
+            db.close()
         return billing.by_vendor(billing.bill(usage, self.pricing, month), usage)
 
     # ------------------------------------------------------------------ budgets
