@@ -1012,20 +1012,22 @@ class Edge:
                 raise AgentError(f"instance {info.id} is {info.state} without an address")
             lv = Live(info.id, a.placement, pr.app, info.version, a.server, "ready",
                       info.address, info.owner, info.vendor)
-            self.store.remember(InstanceMeta(info.id, info.app, info.version, info.owner,
-                                             info.vendor, a.server, info.address),
-                                datetime.now(UTC))
             self.live[lv.id] = lv
             self.live.pop(hold.id, None)
             if a.placement not in self.placements:  # taken away meanwhile
                 await self._suspend(Suspend(a.placement, lv.id, lv.server, keep=False,
                                             reason="placement-removed"))
                 return
+            # the requests the activator holds go to the instance at once (at its slot
+            # address); HAProxy routes the next ones as soon as the server is added
+            self.activator.notify(pr.app)
             if self.mode == "haproxy":
                 await self._add_to_haproxy(lv)
             else:
                 await self._reweigh(pr.app)
-                self.activator.notify(pr.app)
+            self.store.remember(InstanceMeta(info.id, info.app, info.version, info.owner,
+                                             info.vendor, a.server, info.address),
+                                datetime.now(UTC))
             self.m_restores.labels(*labels, "ok",
                                    "snapshot" if a.from_snapshot else "appshot").inc()
             self.m_restore_s.labels(*labels).observe(time.monotonic() - t0)
