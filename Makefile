@@ -28,7 +28,7 @@ test: setup
 	$(VENV)/bin/pytest -q
 
 demo: setup
-	$(VENV)/bin/edgeshot plan examples/shop/policy_local.py
+	$(VENV)/bin/edgeshot demo
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check framework tests bench
