@@ -102,7 +102,11 @@ def test_bill_is_exactly_what_the_sources_produced_through_kills_of_every_party(
     # the data path never counts a request twice (the exact count: the next test)
     requests = sum(r[16] for r in all_rows)
     assert requests <= sent + sum(traffic.failed.values()), (requests, sent, traffic.failed)
-    SEEN.update(requests=requests, sent=sent, statuses=dict(traffic.statuses))
+    per_edge = {ep: sum(r[16] for r in produced[f"edge:{ep}"]) for ep in n.net.manifest.edges}
+    answered = {ep: traffic.ok[e["public_url"].removeprefix("http://")]
+                for ep, e in n.net.manifest.edges.items()}
+    SEEN.update(requests=requests, sent=sent, statuses=dict(traffic.statuses),
+                counted_per_edge=per_edge, answered_per_edge=answered)
 
     # the bill (through the API) is the bill of those records
     got = get_json(url + "/v1/bill", op)

@@ -255,4 +255,11 @@ class Collector:
             if ep and ep.last_error:
                 d["last_error"] = ep.last_error
             out.append(d)
+        known = {d["endpoint"] for d in out}
+        for ep in self.endpoints.values():  # never reached yet: its source is not known
+            if ep.name not in known:
+                out.append({"source": None, "endpoint": ep.name, "kind": ep.kind, "cursor": 0,
+                            "head": 0, "records": 0, "last_end": None, "last_ok": None,
+                            "last_error": ep.last_error, "errors": ep.failures,
+                            "lag_records": 0, "lag_s": None, "failing": bool(ep.failures)})
         return out

@@ -338,8 +338,9 @@ class _Collector:
         failing = GaugeMetricFamily("edgeshot_controller_usage_failed_pulls",
                                     "failed pulls in a row", labels=["source", "kind", "edgepoint"])
         for s in m.sources():
-            ep = _edgepoint_of(s["source"])
-            labels = [s["source"], s["kind"], ep]
+            source = s["source"] or s["endpoint"]  # an endpoint never reached: its name
+            ep = _edgepoint_of(source)
+            labels = [source, s["kind"], ep]
             records.add_metric(labels, s["records"])
             lag.add_metric(labels, s["lag_records"])
             if s["lag_s"] is not None:
