@@ -36,6 +36,13 @@ HERE = Path(__file__).parent
 REPO = HERE.parent.parent
 PLAYBOOKS = REPO / "playbooks"
 SERVERS = {"north-1": "full", "north-2": "confined", "south-1": "full", "controller": "confined"}
+# Slower background loops than production's: four servers share the test machine's cores.
+QUIET = {
+    "edge_agent_extra_config": {"health_interval_s": 10, "usage_interval_s": 60},
+    "edge_agent_edge_extra_config": {"tick_s": 2, "capacity_interval_s": 10,
+                                     "usage_interval_s": 60},
+    "controller_extra_config": {"tick_s": 5, "agent_poll_s": 30},
+}
 
 
 # What Ansible's own modules install on a target when missing (the apt module's bindings).
@@ -171,6 +178,7 @@ def configure_kwargs(lab, plan, stack_secrets, signing_public_key, wheelhouse, a
         criu_binary=crit,
         appshots=[AppshotSource(name="hello-1", app="hello", tarball=appshot_tarball)],
         work_dir=lab_dir,
+        extra_vars=QUIET,
     )
 
 
