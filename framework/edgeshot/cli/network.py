@@ -121,14 +121,15 @@ def up(
     try:
         net = LocalNetwork.create(file, state, local=local, http_port=http_port, spec=spec)
         with out.status(f"starting network {name}…"):
-            net.start(progress=lambda m: out.print(f"  {m}", highlight=False))
+            net.start(progress=lambda m: out.print(escape(f"  {m}"), highlight=False))
     except NetworkError as exc:
         raise _fail(str(exc)) from None
     from edgeshot.control.client import ControllerClient
 
     async def wait() -> dict[str, Any]:
         async with ControllerClient(net.manifest.controller_url, net.token()) as c:
-            return await _wait_serving(c, timeout, lambda m: out.print(m, highlight=False))
+            return await _wait_serving(c, timeout,
+                                       lambda m: out.print(escape(m), highlight=False))
 
     st = asyncio.run(wait())
     _print_up(net, st)
@@ -281,7 +282,7 @@ def deploy(
                 for e in await client.events(after=seen, app=name, limit=200):
                     seen = e["id"]
                     if e["kind"].startswith(("canary", "promoted")):
-                        out.print(f"  {e['kind']}: {e['message']}", highlight=False)
+                        out.print(escape(f"  {e['kind']}: {e['message']}"), highlight=False)
                 dep = await client.deployment(dep["id"])
                 if dep["phase"] != "progressing":
                     return dep

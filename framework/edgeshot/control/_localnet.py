@@ -182,7 +182,7 @@ class LocalNetwork:
             network=plan.network, policy=str(policy), state_dir=str(state),
             plan=str(state / "plan.json"), controller_url=controller_url,
             entry_url=f"http://{ctl.address}:{ctl.ports['http']}",
-            dashboard_url=controller_url + "/", tokens=tokens, agents=agents, edges=edges,
+            dashboard_url=controller_url + "/dash", tokens=tokens, agents=agents, edges=edges,
             edge_note=edge_note)
         manifest.save(state)
         return cls(state, manifest)

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -219,6 +220,10 @@ class Show:
         else:
             self.console.print(text, highlight=False)
 
+    def note(self, text: str) -> None:
+        """Plain text (paths, versions in brackets): never read as markup."""
+        self.say(escape(text))
+
     def update(self, view: dict[str, Any]) -> None:
         if self.live is not None:
             self.live.update(render(view))
@@ -262,11 +267,12 @@ def render(v: dict[str, Any]) -> Group:
     for a in st.get("apps", []):
         dep = a.get("deployment") or {}
         canary = f"canary {a['canary']} at {a['canary_weight']}%" if a["canary"] else "no canary"
-        apps.append(f"{a['name']}: primary {a['primary']}, {canary}; last deployment "
-                    f"{dep.get('kind', '—')} → {dep.get('to_version', '—')} "
-                    f"[{dep.get('phase', '—')}]")
-    events = "\n".join(f"{time.strftime('%H:%M:%S', time.localtime(e['at']))} {e['kind']}: "
-                       f"{e['message']}" for e in (v.get("events") or [])[-7:])
+        apps.append(escape(f"{a['name']}: primary {a['primary']}, {canary}; last deployment "
+                           f"{dep.get('kind', '—')} → {dep.get('to_version', '—')} "
+                           f"[{dep.get('phase', '—')}]"))
+    events = "\n".join(escape(f"{time.strftime('%H:%M:%S', time.localtime(e['at']))} "
+                              f"{e['kind']}: {e['message']}")
+                       for e in (v.get("events") or [])[-7:])
     return Group(head, eps, regions, Panel("\n".join(apps) or "—", title="deployments"),
                  Panel(events or "—", title="events"))
 
@@ -315,7 +321,7 @@ async def _run(opts: DemoOptions, console: Console) -> DemoResult:
         net = LocalNetwork.create(opts.policy, state, spec=spec, canary=canary_cfg, tick_s=0.5,
                                   edge_options=edge_options)
         with console.status("starting the network (agents, edges, controller, dispatcher)…"):
-            net.start(progress=lambda m: console.print(f"  {m}", highlight=False))
+            net.start(progress=lambda m: console.print(escape(f"  {m}"), highlight=False))
         plan = net.plan()
         app = plan.apps[0]
         regions = [e.region for e in plan.edgepoints]
@@ -339,7 +345,7 @@ async def _run(opts: DemoOptions, console: Console) -> DemoResult:
                                        f"{[a for a in st['apps']]}\n{log[-2000:]}")
             for e in await ctl.events(limit=500):
                 if e["kind"] in ("captured", "distributed"):
-                    console.print(f"  {e['kind']}: {e['message']}", highlight=False)
+                    console.print(escape(f"  {e['kind']}: {e['message']}"), highlight=False)
             paths = _paths(spec, app.name)
             load_proc = LoadProcess(state, net.manifest.entry_url or "",
                                     app.hosts[0] if app.hosts else None, regions, paths)
@@ -415,7 +421,7 @@ async def _show(opts: DemoOptions, console: Console, ctl: ControllerClient, net:
                                        f"{app.name} has no web.py entry tier to break", False))
         else:
             broken, src_dir = made
-            show.say(f"  deploying {broken.version} with {opts.canary}% of the traffic…")
+            show.note(f"  deploying {broken.version} with {opts.canary}% of the traffic…")
             dep = await ctl.deploy(app.name, plan=broken.model_dump(mode="json"),
                                    canary=opts.canary, source_dir=str(src_dir))
             t_rolled = None
@@ -545,7 +551,7 @@ def _print_result(console: Console, result: DemoResult) -> None:
         t.add_column(col)
     for c in result.checks:
         mark = "[green]✓[/]" if c.ok else ("[red]✗[/]" if c.gating else "[yellow]~[/]")
-        t.add_row(mark, c.name, c.detail)
+        t.add_row(mark, escape(c.name), escape(c.detail))
     console.print(t)
     console.print(("[bold green]demo passed[/]" if result.ok else "[bold red]demo failed[/]")
                   + f" in {result.figures.get('total_s', 0)} s", highlight=False)
