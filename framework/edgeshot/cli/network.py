@@ -221,7 +221,7 @@ def print_status(st: dict[str, Any], console: Console) -> None:
     for col in ("app", "primary", "canary", "previous", "instances per edgepoint", "last deployment"):
         apps.add_column(col)
     for a in st["apps"]:
-        inst = ", ".join(f"{ep}: " + "+".join(f"{n}×{v}" for v, n in vs.items() if n) or f"{ep}: 0"
+        inst = ", ".join(f"{ep}: " + ("+".join(f"{n}×{v}" for v, n in vs.items() if n) or "0")
                          for ep, vs in sorted(a["instances"].items())) or "—"
         dep = a.get("deployment") or {}
         last = (f"#{dep['id']} {dep['kind']} {dep.get('from_version') or '∅'}→{dep['to_version']} "

@@ -148,7 +148,8 @@ class HAProxyConf:
     http_port: int
     run_dir: Path
     apps: tuple[AppConf, ...] = ()
-    log_sample: int = 1
+    log_port: int = 0  # the edge process's UDP log receiver on 127.0.0.1
+    log_every: int = 1  # 1 request in N is logged (the edge adapts N at run time)
     maxconn: int | None = None  # None: HAProxy derives it from the file-descriptor limit
     nbthread: int | None = None
     timeout_connect_ms: int = 3000
@@ -167,10 +168,6 @@ class HAProxyConf:
     @property
     def master_socket(self) -> Path:
         return self.run_dir / "master.sock"
-
-    @property
-    def log_socket(self) -> Path:
-        return self.run_dir / "log.sock"
 
     @property
     def activator_socket(self) -> Path:
@@ -397,6 +394,11 @@ class Runtime:
         if "deleted" not in last and "no such server" not in last \
                 and "unknown server" not in last:
             raise HAProxyError(f"del server {backend}/{server}: {answers[-1].strip()}")
+
+    async def set_log_every(self, n: int) -> None:
+        """Log 1 request in ``n`` from now on (a process-wide variable the frontend's
+        sampling rule reads; no reload)."""
+        await self.check("experimental-mode on", f"set var proc.log_every int({int(n)})")
 
     async def set_server_state(self, backend: str, server: str, state: str) -> None:
         await self.check(f"set server {backend}/{server} state {state}")
