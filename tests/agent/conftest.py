@@ -67,6 +67,7 @@ def host(tmp_path_factory: pytest.TempPathFactory):
         A.stop(inst, h)
     pool = h.pool()
     assert pool is not None
+    A.shutdown(h)  # kits kept ready and the log pump connection: nothing may outlive us
     slot_inodes = {os.stat(s.netns_path).st_ino: s.name for s in pool.slots()
                    if s.netns_path.exists()}
     for p in Path("/proc").iterdir():
@@ -82,10 +83,14 @@ def host(tmp_path_factory: pytest.TempPathFactory):
     for d in (Path("/sys/fs/cgroup/memory/edgeshot"), Path("/sys/fs/cgroup/cpu/edgeshot"),
               Path("/sys/fs/cgroup/edgeshot")):
         if d.is_dir():
+            ours = {p.name for p in (state / "logs").iterdir()} if (state / "logs").is_dir() \
+                else set()  # every pod of this session has a log dir (other sessions' don't)
             for sub in d.iterdir():
-                if sub.is_dir() and sub.name.startswith(("hello-", "shop-", "hog-", "uring-")):
+                if sub.is_dir() and sub.name in ours:
                     if (sub / "cgroup.procs").read_text().strip():
                         leftovers.append(f"cgroup {sub} still has processes")
+                if sub.is_dir() and sub.name.startswith(f"kit-{os.getpid()}-"):
+                    leftovers.append(f"kit cgroup {sub}")
     if ns := _our_netns(h.slot_prefix):
         leftovers.append(f"netns {ns}")
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout

@@ -129,6 +129,19 @@ def test_working_set_is_recorded_and_marked_eager(hello_shot):
             assert not e.get(4, 0) & _workingset.PE_LAZY and _workingset._nr(e) == n
     eager, lazy = _workingset.count_lazy(hello_shot.path / "images")
     assert lazy > 0 and eager > 0
+    # the whole working set, not the first faults before a background push (5 pages for
+    # hello when CRIU's lazy-pages daemon served the recording restore): the interpreter,
+    # the handler and the socket code the requests run through
+    assert sum(n for runs in ws.values() for _, n in runs) >= 100
+
+
+def test_working_set_recording_survives_a_throttled_app(host, tmp_path):
+    """A recording restore of a CPU-throttled app: faults race the app's own munmaps (its
+    request threads exit), the kernel refuses those copies with EAGAIN and they must be
+    retried, or the warm-up hangs (as it did when CRIU's daemon served the recording)."""
+    for _ in range(2):
+        res = A.capture(hello_spec(tier={"cpu": "0.3"}), tmp_path / f"shot-{_}", host)
+        assert sum(n for runs in res.manifest.working_set.values() for _, n in runs) >= 100
 
 
 def test_lazy_restore_matches_eager_and_serves_faults(hello_shot, host, cleanup):

@@ -173,25 +173,25 @@ def dump(inst: Instance, dest: Path, *, wait_connections_s: float = 2.0) -> Rest
 
 
 def record_working_set(stage: Path, spec: PodSpec, state_dir: Path, pool) -> dict:
-    """Test-restore the fresh images lazily, replay the warm-up, log the faults served and
-    mark those pages non-lazy (DESIGN.md: REAP's working set without soft-dirty tracking)."""
+    """Test-restore the fresh images lazily, replay the warm-up, record the pages served
+    and mark them non-lazy (DESIGN.md: REAP's working set without soft-dirty tracking).
+
+    The test restore is served by ``_workingset.FaultRecorder``, on demand only: every
+    page the restore, the health check and the warm-up touch arrives as a recorded fault,
+    so the record is the working set itself (CRIU's lazy-pages daemon would push the
+    remaining pages in the background right after the restore)."""
     from . import _pods, _restore, _workingset
-    from ._sys import wait_gone
     inst = _restore.restore(stage, None, state_dir, pool, lazy=True, record_faults=True)
     try:
         _pods.warm_up(inst, spec.warmup or (WarmupRequest(path=spec.entry.health_path or "/"),))
     finally:
-        log_file = inst.criu_work / "lazy-pages.log" if inst.criu_work else None
-        text_holder = [""]
-        if inst.lazy_pid:
-            _pods.stop(inst, pool, grace_s=0.0, keep_dir=True)
-            wait_gone(inst.lazy_pid, 10)
-        else:
-            _pods.stop(inst, pool, grace_s=0.0, keep_dir=True)
-        if log_file and log_file.exists():
-            text_holder[0] = log_file.read_text(errors="replace")
+        try:
+            os.kill(inst.pid, 9)  # nothing more may fault: the PID namespace goes down
+        except ProcessLookupError:
+            pass
+        faults = _restore.finish_recording(inst)
+        _pods.stop(inst, pool, grace_s=0.0, keep_dir=True)
         shutil.rmtree(inst.pod_dir, ignore_errors=True)
-    faults = _workingset.faults_from_log(text_holder[0])
     return _workingset.mark_eager(stage / IMAGES, faults)
 
 

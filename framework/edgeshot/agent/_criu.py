@@ -12,7 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -100,13 +100,51 @@ def run(
     pass_fds: Sequence[int] = (),
     preexec_fn=None,
     timeout: float = 120,
+    wrap: Callable[[list[str]], list[str]] | None = None,
+    spawn: Callable[[list[str]], subprocess.Popen[bytes]] | None = None,
+    stderr_text: Callable[[subprocess.Popen[bytes]], str] | None = None,
 ) -> None:
-    """Run ``criu COMMAND ARGS`` with its log in ``log_file``; raise CriuError on failure."""
-    cmd = [binary(), command, *args, "-o", str(log_file), "-v4" if os.environ.get("EDGESHOT_CRIU_DEBUG") else "-v2"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, pass_fds=tuple(pass_fds),
-                          preexec_fn=preexec_fn, timeout=timeout)
+    """Run ``criu COMMAND ARGS`` with its log in ``log_file``; raise CriuError on failure.
+
+    ``wrap`` rewrites the command line (e.g. a cgroup join in front of it); ``spawn``
+    launches it instead of a Popen here (a pod's kit), ``stderr_text`` then reads what it
+    wrote to stderr. Prefer either to ``preexec_fn``: with a preexec_fn Python forks the
+    whole agent instead of vforking."""
+    cmd = [binary(), command, *args, "-o", str(log_file),
+           "-v4" if os.environ.get("EDGESHOT_CRIU_DEBUG") else "-v2"]
+    if wrap is not None:
+        cmd = wrap(cmd)
+    if spawn is not None:
+        proc = spawn(cmd)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise CriuError(f"criu {command} timed out after {timeout}s (log {log_file})") \
+                from None
+        err = stderr_text(proc) if stderr_text is not None else ""
+    else:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, pass_fds=tuple(pass_fds),
+                                preexec_fn=preexec_fn)
+        try:
+            _, raw = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise CriuError(f"criu {command} timed out after {timeout}s (log {log_file})") \
+                from None
+        err = raw.decode(errors="replace")
     if proc.returncode != 0:
-        raise CriuError(f"criu {command} failed (log {log_file}):\n{log_errors(log_file)}")
+        detail = log_errors(log_file)
+        if err.strip() and not log_file.exists():
+            detail = f"exit {proc.returncode}: {err.strip()[-2000:]}"
+        if proc.returncode in (125, 126, 127) and (wrap is not None or spawn is not None):
+            what = {125: "could not open the slot's network namespace",
+                    126: "could not join the pod's cgroup", 127: "could not run criu"}
+            detail = f"{what[proc.returncode]}: {err.strip()}"
+        raise CriuError(f"criu {command} failed (log {log_file}):\n{detail}")
 
 
 def popen(command: str, args: Sequence[str], *, log_file: Path, pass_fds: Sequence[int] = (),

@@ -112,6 +112,7 @@ class Instance(BaseModel):
     lazy_pid: int | None = None  # the lazy-pages daemon serving this instance, while it runs
     criu_work: Path | None = None  # CRIU's logs of the restore (lazy-pages.log when lazy)
     pipes: dict[str, str] = {}  # tier -> "pipe:[inode]" its stdout/stderr write to (for dumps)
+    timings_ms: dict[str, float] = {}  # wall time of each step of the start or restore
     spec: PodSpec
 
     @property

@@ -18,16 +18,17 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from . import _kits, _logpump
 from ._cgroups import PodCgroup
 from ._models import Instance, PodSpec, TierSpec, WarmupRequest
 from ._slots import Slot, SlotPool
 from ._sys import (
+    Steps,
     http_request,
     is_root,
     log,
@@ -55,7 +56,10 @@ def pods_dir(state_dir: Path) -> Path:
 
 # -- plumbing shared by cold start and restore --------------------------------------------
 class Plumbing:
-    """Slot, cgroup and log pipes prepared for one pod before its processes exist."""
+    """Slot, cgroup and log pipes prepared for one pod before its processes exist.
+
+    With a kit (``_kits``: a parked launcher already in a fresh cgroup, with pipes) the
+    pod's first process is launched without a spawn or a cgroup migration on the way."""
 
     def __init__(self, spec: PodSpec, state_dir: Path, pool: SlotPool | None,
                  pod_id: str | None = None) -> None:
@@ -66,37 +70,130 @@ class Plumbing:
         self.pool = pool
         self.slot: Slot | None = None
         self.cgroup: PodCgroup | None = None
-        self.write_fds: list[int] = []
+        self.kit: _kits.Kit | None = None
+        self.write_fds: list[int] = []  # this process's write ends (no kit)
+        self.child_fds: list[int] = []  # the write ends as the launched command sees them
         self.pipes: dict[str, str] = {}
-        self.pump: subprocess.Popen[bytes] | None = None
+        self._nsfd = -1  # the slot's netns, opened here (no kit)
+        self._ns_child = -1  # its fd number in the launched command
 
-    def prepare(self) -> None:
-        self.pod_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        set_subreaper()
-        if self.pool is not None:
-            self.slot = self.pool.acquire(self.id)
-            self.cgroup = PodCgroup(self.id)
-            if self.cgroup.mode != "none":
-                self.cgroup.create(cpu=self.spec.cpu, memory_mb=self.spec.memory_mb)
-            else:
-                self.cgroup = None
-        reads = []
-        for t in self.spec.tiers:
-            r, w = os.pipe()
-            reads.append(r)
-            self.write_fds.append(w)
-            self.pipes[t.name] = os.readlink(f"/proc/self/fd/{w}")
-        args = [f"{t.name}={fd}" for t, fd in zip(self.spec.tiers, reads, strict=True)]
-        self.pump = subprocess.Popen(
-            [sys.executable, "-m", "edgeshot.agent._logpump", str(self.log_dir), *args],
-            pass_fds=reads, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL, start_new_session=True)
-        for r in reads:
-            os.close(r)
+    def prepare(self, steps: Steps | None = None, *, kits: bool = True) -> None:
+        steps = steps or Steps()
+        try:
+            self.pod_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self.log_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            set_subreaper()
+            if self.pool is not None:
+                self.slot = self.pool.acquire(self.id)
+                steps("slot")
+                kit = _kits.pool().take() if kits and _kits.available() else None
+                if kit is not None:
+                    try:
+                        self.cgroup = kit.adopt(self.id, cpu=self.spec.cpu,
+                                                memory_mb=self.spec.memory_mb)
+                        self.kit = kit
+                    except OSError as exc:
+                        log.warning("kit %s unusable (%s): joining a cgroup instead",
+                                    kit.name, exc)
+                        kit.discard()
+                if self.kit is None:
+                    self.cgroup = PodCgroup(self.id)
+                    if self.cgroup.mode != "none":
+                        self.cgroup.create(cpu=self.spec.cpu, memory_mb=self.spec.memory_mb)
+                    else:
+                        self.cgroup = None
+                steps("cgroup" if self.kit is None else "cgroup (kit)")
+            names = [t.name for t in self.spec.tiers]
+            reads: dict[str, int] = {}
+            try:
+                if self.kit is not None:
+                    reads = dict(zip(names, self.kit.take_reads(len(names)), strict=True))
+                    self.child_fds = self.kit.writes[:len(names)]
+                    self.pipes = dict(zip(names, self.kit.pipes, strict=False))
+                else:
+                    for name in names:
+                        r, w = os.pipe()
+                        reads[name] = r
+                        self.write_fds.append(w)
+                        self.pipes[name] = os.readlink(f"/proc/self/fd/{w}")
+                    self.child_fds = list(self.write_fds)
+                # the server's resident log pump takes the read ends (no process per pod)
+                _logpump.client(self.log_dir.parent).add(self.log_dir, reads)
+            finally:
+                for r in reads.values():
+                    os.close(r)
+            steps("log pipes")
+        except BaseException:
+            self.abort()
+            raise
+
+    def netns_fd(self) -> int:
+        """The fd number under which the launched command finds the slot's netns."""
+        assert self.slot is not None
+        if self.kit is not None:
+            self._ns_child = max(self.kit.writes) + 1
+            return self._ns_child
+        if self._nsfd < 0:
+            self._nsfd = os.open(self.slot.netns_path, os.O_RDONLY)
+        return self._nsfd
+
+    def spawn(self, argv: list[str], *, env: dict[str, str] | None = None,
+              place_fds: bool = False, capture_stderr: bool = False,
+              nice: int | None = None) -> subprocess.Popen[bytes]:
+        """Launch the pod's first process (``criu restore`` or the cold-start launcher) in
+        the pod's cgroup, with its log pipes (at FIRST_FD… when ``place_fds``) and, when
+        ``netns_fd`` was asked for, the slot's netns; at CPU priority ``nice``."""
+        if self.kit is None:
+            cmd = _launcher(self.child_fds, argv) if place_fds else argv
+            fds = (*self.child_fds, *([self._nsfd] if self._nsfd >= 0 else []))
+            # no preexec_fn (Python then vforks instead of copying the agent): the cgroup
+            # is joined by a tiny sh in front of the command
+            proc = subprocess.Popen(self.join_argv(cmd), env=env, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE if capture_stderr else subprocess.DEVNULL,
+                                    pass_fds=fds, start_new_session=True)
+            if nice is not None:
+                _kits.set_nice(proc.pid, nice)
+            return proc
+        kit, n = self.kit, len(self.child_fds)
+        parts = []
+        unused = kit.writes[n:]
+        if unused:
+            parts.append("exec " + " ".join(f"{w}>&-" for w in unused))
+        if env is not None:
+            parts.append("export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items()))
+        if self._ns_child >= 0:
+            assert self.slot is not None
+            parts.append(f"exec {self._ns_child}<{shlex.quote(str(self.slot.netns_path))} "
+                         "|| exit 125")
+        if place_fds and self.child_fds:
+            parts.append(_fd_moves(self.child_fds))
+        if not capture_stderr:
+            parts.append("exec 2>/dev/null")
+        parts.append("exec " + " ".join(shlex.quote(a) for a in argv))
+        proc = kit.launch("; ".join(parts), nice=nice)
+        if not capture_stderr:
+            kit.stderr()  # closes this side: nothing is wanted from it
+        return proc
+
+    def stderr_text(self, proc: subprocess.Popen[bytes]) -> str:
+        """What the launched command wrote to stderr (once it exited)."""
+        if self.kit is not None:
+            return self.kit.stderr()
+        if proc.stderr is not None:
+            try:
+                return proc.stderr.read().decode(errors="replace")
+            finally:
+                proc.stderr.close()
+        return ""
+
+    def join_argv(self, argv: list[str]) -> list[str]:
+        """``argv`` wrapped so that it runs in the pod's cgroup (see PodCgroup.join_argv)."""
+        return self.cgroup.join_argv(argv) if self.cgroup is not None else argv
 
     def join_cgroup(self) -> None:
-        """preexec_fn: the child joins the pod's cgroup before it execs."""
+        """preexec_fn: the child joins the pod's cgroup before it execs (kept for callers;
+        the agent itself uses ``spawn``, which lets Python vfork)."""
         if self.cgroup is not None:
             self.cgroup.join()
 
@@ -107,19 +204,26 @@ class Plumbing:
             except OSError:
                 pass
         self.write_fds = []
+        if self._nsfd >= 0:
+            os.close(self._nsfd)
+            self._nsfd = -1
 
     def abort(self) -> None:
         """Undo a failed start or restore."""
         self.close_writers()
+        if self.kit is not None:
+            launched = self.kit.proc is None or self.kit.proc.stdin is None \
+                or self.kit.proc.stdin.closed
+            if not launched:
+                self.kit.discard()  # the bash leaves the cgroup; remove() below drops it
+            else:
+                self.kit.stderr()
         if self.cgroup is not None:
             self.cgroup.remove()
+            self.cgroup = None
         if self.slot is not None and self.pool is not None:
             self.pool.release(self.slot)
-        if self.pump is not None:
-            try:
-                self.pump.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.pump.kill()
+            self.slot = None
 
 
 def _init_script(spec: PodSpec, ports: dict[str, int], env_rewrite: dict[str, str]) -> str:
@@ -139,15 +243,22 @@ def _init_script(spec: PodSpec, ports: dict[str, int], env_rewrite: dict[str, st
     return "\n".join(lines) + "\n"
 
 
-def _dup_to(fds: list[int]):
-    """preexec helper: place fds at FIRST_FD, FIRST_FD+1, … in the child."""
-    def move() -> None:
-        high = [os.dup(fd) for fd in fds]
-        for i, fd in enumerate(high):
-            os.dup2(fd, FIRST_FD + i)
-            os.close(fd)
-        os.closerange(FIRST_FD + len(fds), 65536)  # nothing else leaks into the pod
-    return move
+def _fd_moves(fds: list[int]) -> str:
+    """bash commands that place ``fds`` at FIRST_FD, FIRST_FD+1, … and close the originals
+    (the init script's ``sh`` only knows single-digit fds; bash moves any)."""
+    base = max(fds) + 1  # lift every pipe above all of them first: no move clobbers another
+    lift = " ".join(f"{base + i}>&{fd}" for i, fd in enumerate(fds))
+    drop = " ".join(f"{fd}>&-" for fd in fds)
+    place = " ".join(f"{FIRST_FD + i}>&{base + i} {base + i}>&-" for i in range(len(fds)))
+    return f"exec {lift}; exec {drop}; exec {place}"
+
+
+def _launcher(fds: list[int], argv: list[str]) -> list[str]:
+    """``argv`` behind a ``bash`` that places the log pipes (``_fd_moves``); Popen closes
+    every other fd, so nothing else leaks into the pod."""
+    if not fds:
+        return argv
+    return ["/bin/bash", "-c", f'{_fd_moves(fds)}; exec "$@"', "bash", *argv]
 
 
 def _free_port() -> int:
@@ -162,7 +273,8 @@ def start(spec: PodSpec, state_dir: Path, pool: SlotPool | None, *,
     if pool is not None and not is_root():
         raise PodError("pods in slots need root")
     p = Plumbing(spec, state_dir, pool)
-    p.prepare()
+    steps = Steps()
+    p.prepare(steps)
     t0 = time.monotonic()
     try:
         if p.slot is not None:
@@ -178,17 +290,7 @@ def start(spec: PodSpec, state_dir: Path, pool: SlotPool | None, *,
         # without namespaces start_new_session does it (setsid there would fork and exit).
         prefix = (["nsenter", f"--net={p.slot.netns_path}", "unshare", "--pid", "--fork",
                    "setsid"] if p.slot else [])
-        argv = [*prefix, "sh", "-c", 'eval "$ES_INIT"']
-        fds = p.write_fds
-
-        def preexec() -> None:
-            p.join_cgroup()
-            _dup_to(fds)()
-
-        launcher = subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                    close_fds=False, preexec_fn=preexec,
-                                    start_new_session=True)
+        launcher = p.spawn([*prefix, "sh", "-c", 'eval "$ES_INIT"'], env=env, place_fds=True)
         p.close_writers()
         init_pid = _pod_init(launcher) if p.slot else launcher.pid
         inst = Instance(
@@ -201,8 +303,11 @@ def start(spec: PodSpec, state_dir: Path, pool: SlotPool | None, *,
         if pool is not None and p.slot is not None:
             pool.bind(p.slot, p.id, init_pid)
         save(inst)
+        steps("launch")
         wait_healthy(inst, ports=ports)
+        steps("health")
         inst.ready_ms = (time.monotonic() - t0) * 1000
+        inst.timings_ms = steps.ms
         save(inst)
         return inst
     except BaseException:
@@ -282,6 +387,7 @@ def wait_healthy(inst: Instance, ports: dict[str, int] | None = None,
         if t.name not in ports:
             continue
         deadline = time.monotonic() + t.start_timeout_s
+        pause = 0.0002  # a restored tier usually answers the first probe: poll tightly
         while not check_health(inst, t, ports[t.name]):
             if not pid_alive(inst.pid):
                 raise PodError(f"pod {inst.id} exited before {t.name} was healthy; "
@@ -289,7 +395,8 @@ def wait_healthy(inst: Instance, ports: dict[str, int] | None = None,
             if time.monotonic() > deadline:
                 raise PodError(f"tier {t.name} of {inst.id} not healthy after "
                                f"{t.start_timeout_s}s; logs in {inst.log_dir}")
-            time.sleep(0.003)
+            time.sleep(pause)
+            pause = min(pause * 1.5, 0.005)
 
 
 def _tail(path: Path, n: int = 5) -> str:
@@ -331,7 +438,8 @@ def pod_pids(inst: Instance) -> list[int]:
 
 
 def save(inst: Instance) -> None:
-    write_json(inst.pod_dir / "pod.json", inst.model_dump(mode="json"))
+    # no fsync: a pod record describes processes that a machine crash ends anyway
+    write_json(inst.pod_dir / "pod.json", inst.model_dump(mode="json"), durable=False)
 
 
 def load(pod_dir: Path) -> Instance:

@@ -10,19 +10,23 @@ never collide: each runs in its own PID namespace and slot.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import os
 import signal
 import subprocess
-import time
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import _criu, _package
+from . import _criu, _package, _workingset
 from ._capture import IMAGES, RESTORE_META, SOURCE, RestoreMeta
+from ._kits import set_nice
 from ._models import Instance
 from ._pods import Plumbing, pod_pids, save, wait_healthy
 from ._slots import SlotPool
-from ._sys import log, pid_alive, reap, wait_gone
+from ._sys import Steps, log, pid_alive, reap, wait_gone, wait_readable
 
 
 class RestoreError(RuntimeError):
@@ -47,44 +51,64 @@ def ensure_source(appshot_dir: Path, meta: RestoreMeta) -> None:
 
 def restore(appshot_dir: Path, manifest: _package.Manifest | None, state_dir: Path,
             pool: SlotPool, *, lazy: bool = False, origin: str = "appshot",
-            record_faults: bool = False) -> Instance:
+            record_faults: bool = False, steps: Steps | None = None,
+            nice: int | None = None) -> Instance:
     """Restore a *verified* appshot dir into a new pod; returns when it is healthy.
 
-    ``record_faults`` (capture only): the lazy-pages daemon logs every fault it serves,
-    to record the working set."""
+    ``record_faults`` (capture only): the restore is served by a ``FaultRecorder`` instead
+    of CRIU's lazy-pages daemon: every page arrives as a recorded fault, on demand only,
+    until ``finish_recording`` (the working set).
+    ``steps`` (optional) already holds the caller's steps (verification). ``nice``: the
+    CPU priority of CRIU (and the lazy-pages daemon) while it restores; the restored tasks
+    get their own back from the images."""
+    steps = steps or Steps()
     meta = read_meta(appshot_dir)
     ensure_source(appshot_dir, meta)
     spec = meta.spec
     p = Plumbing(spec, state_dir, pool)
-    p.prepare()
-    assert p.slot is not None
     work = p.pod_dir / "restore-work"
     work.mkdir(parents=True, exist_ok=True, mode=0o700)
     images = appshot_dir / IMAGES
-    nsfd = os.open(p.slot.netns_path, os.O_RDONLY)
+    steps("meta")
     lazy_proc: subprocess.Popen[bytes] | None = None
+    ready = recorder = None
     init_pid = None
-    t0 = time.monotonic()
     try:
+        if record_faults:
+            recorder = _workingset.FaultRecorder(work / "lazy-pages.socket", images)
+        elif lazy:  # started first: it reads the images while slot, cgroup and pipes are made
+            ready, status_w = os.pipe()
+            try:
+                lazy_proc = _criu.popen("lazy-pages", ["-D", str(images), "-W", str(work),
+                                                       "--status-fd", str(status_w)],
+                                        log_file=work / "lazy-pages.log", pass_fds=(status_w,))
+                if nice is not None:  # it serves the first requests' faults
+                    set_nice(lazy_proc.pid, nice)
+            finally:
+                os.close(status_w)
+            steps("lazy-pages spawn")
+        p.prepare(steps)
+        assert p.slot is not None
         args = ["-D", str(images), "-W", str(work), "--restore-detached",
                 "--pidfile", str(work / "pid"), "--manage-cgroups=ignore",
-                "--inherit-fd", f"fd[{nsfd}]:slot"]
-        for t, w in zip(spec.tiers, p.write_fds, strict=True):
+                "--inherit-fd", f"fd[{p.netns_fd()}]:slot"]
+        for t, w in zip(spec.tiers, p.child_fds, strict=True):
             args += ["--inherit-fd", f"fd[{w}]:{meta.pipes[t.name]}"]
         if meta.tcp_established:
             args.append("--tcp-established")
         else:
             args += ["--network-lock", "skip"]  # nothing to freeze: the slot is fresh
-        if lazy:
-            lazy_proc = _criu.popen("lazy-pages", ["-D", str(images), "-W", str(work)],
-                                    log_file=work / "lazy-pages.log",
-                                    verbosity=4 if record_faults else 2)
-            _wait_socket(work / "lazy-pages.socket", lazy_proc)
+        if lazy_proc is not None:
+            _wait_ready(ready, lazy_proc, work)
+            steps("lazy-pages ready")
+        if lazy or record_faults:
             args.append("--lazy-pages")
-        _criu.run("restore", args, log_file=work / "restore.log",
-                  pass_fds=(nsfd, *p.write_fds), preexec_fn=p.join_cgroup)
+        with _ghost_lock(images, state_dir):
+            _criu.run("restore", args, log_file=work / "restore.log",
+                      spawn=lambda cmd: p.spawn(cmd, capture_stderr=True, nice=nice),
+                      stderr_text=p.stderr_text)
+        steps("criu restore")
         init_pid = int((work / "pid").read_text())
-        restore_ms = (time.monotonic() - t0) * 1000
         p.close_writers()
         pool.bind(p.slot, p.id, init_pid)
         inst = Instance(
@@ -92,39 +116,80 @@ def restore(appshot_dir: Path, manifest: _package.Manifest | None, state_dir: Pa
             origin=origin, address=p.slot.address, port=spec.entry.port, slot=p.slot.name,
             pid=init_pid, started=datetime.now(UTC), cgroup=p.cgroup.name if p.cgroup else None,
             pod_dir=p.pod_dir, log_dir=p.log_dir, namespaces=True, spec=spec, pipes=p.pipes,
-            restore_ms=restore_ms, lazy=lazy, criu_work=work,
+            restore_ms=steps.ms["criu restore"], lazy=lazy or record_faults, criu_work=work,
             lazy_pid=lazy_proc.pid if lazy_proc else None)
         save(inst)
+        steps("record")
         wait_healthy(inst, tiers=(spec.entry,))
-        inst.ready_ms = (time.monotonic() - t0) * 1000
-        log.info("restored %s into %s: criu %.1f ms, healthy after %.1f ms", inst.id,
-                 p.slot.name, restore_ms, inst.ready_ms)
+        steps("health")
         reseed(inst)
+        steps("reseed")
+        inst.ready_ms = steps.total()
+        inst.timings_ms = steps.ms
         save(inst)
+        if recorder is not None:
+            _RECORDERS[inst.id] = recorder
+        log.info("restored %s into %s in %.1f ms: %s", inst.id, p.slot.name, inst.ready_ms,
+                 steps.ms)
         return inst
     except BaseException:
         if init_pid and pid_alive(init_pid):
             os.kill(init_pid, signal.SIGKILL)
             wait_gone(init_pid, 5)
+        if recorder is not None:
+            recorder.stop()
         if lazy_proc is not None and lazy_proc.poll() is None:
             lazy_proc.kill()
             lazy_proc.wait()
         p.abort()
         raise
     finally:
-        os.close(nsfd)
+        p.close_writers()
+        if ready is not None:
+            os.close(ready)
         reap()
 
 
-def _wait_socket(path: Path, proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if proc.poll() is not None:
-            raise RestoreError(f"criu lazy-pages exited ({proc.returncode}); see "
-                               f"{path.parent / 'lazy-pages.log'}")
-        if time.monotonic() > deadline:
-            raise RestoreError("criu lazy-pages did not start")
-        time.sleep(0.001)
+@contextlib.contextmanager
+def _ghost_lock(images: Path, state_dir: Path) -> Iterator[None]:
+    """Serialize the restores of one appshot that holds ghost files (files deleted while
+    open, e.g. gunicorn's worker heartbeat file): CRIU re-creates each at a path derived
+    from the original, so two concurrent restores would collide ("Can't create ghost
+    regfile: File exists"). Other appshots restore concurrently."""
+    if not any(n.startswith(("ghost-file-", "remap-fpath")) for n in os.listdir(images)):
+        yield
+        return
+    locks = Path(state_dir) / "locks"
+    locks.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = hashlib.sha256(str(images.resolve()).encode()).hexdigest()[:16]
+    fd = os.open(locks / f"ghosts-{key}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _wait_ready(fd: int, proc: subprocess.Popen[bytes], work: Path,
+                timeout: float = 10.0) -> None:
+    """Block until the lazy-pages daemon reports ready on its status fd (``--status-fd``)."""
+    r = wait_readable(fd, timeout)
+    if r and os.read(fd, 1) == b"\0":
+        return
+    if proc.poll() is not None or r:
+        raise RestoreError(f"criu lazy-pages exited ({proc.poll()}); see "
+                           f"{work / 'lazy-pages.log'}")
+    raise RestoreError("criu lazy-pages did not start")
+
+
+# -- recording the working set ------------------------------------------------------------
+_RECORDERS: dict[str, _workingset.FaultRecorder] = {}
+
+
+def finish_recording(inst: Instance) -> dict[int, set[int]]:
+    """The pages a recording restore served on demand (kill its tasks first)."""
+    rec = _RECORDERS.pop(inst.id, None)
+    return rec.stop() if rec is not None else {}
 
 
 _SIGNALS = {s.name: s for s in signal.Signals}

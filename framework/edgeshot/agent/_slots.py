@@ -139,7 +139,8 @@ class SlotPool:
                     if not s.netns_path.exists():
                         self._ensure_slot(s)
                     write_json(self.state_dir / f"{s.name}.json",
-                               {"pod": pod_id, "pid": None, "reserved_by": os.getpid()})
+                               {"pod": pod_id, "pid": None, "reserved_by": os.getpid()},
+                               durable=False)
                     return s
         raise NoFreeSlot(f"all {self.size} slots of pool {self.prefix!r} are in use")
 
@@ -147,7 +148,8 @@ class SlotPool:
         """Record the pod init that now holds ``slot`` (the slot is free when it dies)."""
         with self._locked():
             write_json(self.state_dir / f"{slot.name}.json", {"pod": pod_id, "pid": pid,
-                                                             "reserved_by": None})
+                                                             "reserved_by": None},
+                       durable=False)
 
     def release(self, slot: Slot) -> None:
         with self._locked():

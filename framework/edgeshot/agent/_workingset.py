@@ -2,12 +2,16 @@
 
 This kernel has neither soft-dirty nor idle-page tracking, so (DESIGN.md) the
 working set is recorded by a test restore of the fresh images with
-``--lazy-pages``: the lazy-pages daemon logs each page fault it serves
-(``#PF at 0x…``) while the warm-up requests run. Those pages are then marked
-non-lazy in CRIU's pagemap images (their PE_LAZY flag cleared, splitting
-entries), so a lazy restore reads them eagerly and only the rest arrives on
-first touch. The daemon also pushes remaining pages in the background, so the
-record is a lower bound of the true working set.
+``--lazy-pages`` while the warm-up requests run. CRIU's own lazy-pages daemon
+cannot record it: as soon as the restore finishes it pushes every remaining
+page in the background, so only the first few faults show in its log; held
+back from that, it never retries a copy the kernel refused with EAGAIN (a
+page fault racing an munmap/madvise in the app), so the app hangs. The test
+restore is served instead by ``FaultRecorder`` below: it speaks CRIU's
+lazy-pages protocol, serves each fault from the images and nothing else, and
+records every page it served. Those pages are then marked non-lazy in CRIU's
+pagemap images (their PE_LAZY flag cleared, splitting entries), so a lazy
+restore reads them eagerly and only the rest arrives on first touch.
 
 Pagemap images are tiny protobuf streams; the few fields involved are encoded
 here directly rather than pulling in protobuf and pycriu.
@@ -15,12 +19,23 @@ here directly rather than pulling in protobuf and pycriu.
 
 from __future__ import annotations
 
+import bisect
+import ctypes
+import errno
+import fcntl
+import mmap
+import os
 import re
+import select
+import socket
 import struct
+import threading
 from collections import defaultdict
 from pathlib import Path
 
+PE_PARENT = 1 << 0
 PE_LAZY = 1 << 1
+PE_PRESENT = 1 << 2
 PAGE = 4096
 _PF = re.compile(r"\b(\d+)-\d+: #PF at 0x([0-9a-f]+)")
 
@@ -144,3 +159,206 @@ def count_lazy(images: Path) -> tuple[int, int]:
             else:
                 eager += _nr(e)
     return eager, lazy
+
+
+# -- recording: a minimal lazy-pages server ------------------------------------------------
+LAZY_PAGES_RESTORE_FINISHED = 0x52535446  # CRIU's "ReSTore Finished" word (criu/uffd.c)
+UFFD_EVENT_PAGEFAULT, UFFD_EVENT_FORK, UFFD_EVENT_REMAP = 0x12, 0x13, 0x14
+UFFD_EVENT_REMOVE, UFFD_EVENT_UNMAP = 0x15, 0x16
+UFFDIO_UNREGISTER = 0x8010AA01  # _IOR(0xAA, 1, struct uffdio_range)
+UFFDIO_WAKE = 0x8010AA02  # _IOR(0xAA, 2, struct uffdio_range)
+UFFDIO_COPY = 0xC028AA03  # _IOWR(0xAA, 3, struct uffdio_copy)
+UFFDIO_ZEROPAGE = 0xC020AA04  # _IOWR(0xAA, 4, struct uffdio_zeropage)
+_MSG = 32  # sizeof(struct uffd_msg)
+
+
+class _Task:
+    """The lazy pages of one restored task, as its images hold them."""
+
+    def __init__(self, images: Path, pid: int) -> None:
+        _, head, entries = read_pagemap(images / f"pagemap-{pid}.img")
+        self.pages = os.open(images / f"pages-{head[1]}.img", os.O_RDONLY | os.O_CLOEXEC)
+        self.starts: list[int] = []
+        self.runs: list[tuple[int, int, int]] = []  # (vaddr, nr, offset in pages-N.img)
+        off = 0
+        for e in entries:
+            flags, n = e.get(4, 0), _nr(e)
+            if flags & PE_PRESENT and not flags & PE_PARENT:
+                if flags & PE_LAZY:
+                    self.starts.append(e[1])
+                    self.runs.append((e[1], n, off))
+                off += n * PAGE
+
+    def offset(self, addr: int) -> int | None:
+        i = bisect.bisect_right(self.starts, addr) - 1
+        if i >= 0:
+            start, n, off = self.runs[i]
+            if addr < start + n * PAGE:
+                return off + addr - start
+        return None
+
+
+class FaultRecorder:
+    """Serves the page faults of a ``criu restore --lazy-pages`` from the images, on demand
+    only (no background push), and records the pages it served.
+
+    It listens where ``criu restore`` looks for the lazy-pages daemon
+    (``<work dir>/lazy-pages.socket``) and speaks its protocol: per task an int pid, then
+    (pid > 0) one byte carrying the task's userfaultfd (SCM_RIGHTS); then the "restore
+    finished" word. Page faults are served with UFFDIO_COPY from ``pages-N.img`` (zero
+    pages where the images hold none); a copy refused with EAGAIN (the app's memory map
+    was changing) is retried once the pending events are read; removed ranges are
+    unregistered, remapped ones followed. ``stop()`` returns the pages served per task.
+    """
+
+    def __init__(self, sock_path: Path, images: Path) -> None:
+        from ._logpump import _sock_addr
+        self.images = images
+        self.listen = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        addr, dfd = _sock_addr(sock_path)
+        try:
+            self.listen.bind(addr)
+        finally:
+            if dfd is not None:
+                os.close(dfd)
+        self.listen.listen(1)
+        self.faults: dict[int, set[int]] = defaultdict(set)
+        self.error: BaseException | None = None
+        self._tasks: dict[int, _Task] = {}
+        self._uffds: dict[int, tuple[int, list[tuple[int, int, int]]]] = {}  # fd -> pid, remaps
+        self._retry: list[tuple[int, int]] = []
+        self._buf = mmap.mmap(-1, PAGE)
+        self._src = ctypes.addressof(ctypes.c_char.from_buffer(self._buf))
+        self._stop_r, self._stop_w = os.pipe()
+        self._thread = threading.Thread(target=self._serve, name="fault-recorder", daemon=True)
+        self._thread.start()
+
+    # -- the server thread ---------------------------------------------------------
+    def _serve(self) -> None:
+        poller = select.poll()
+        poller.register(self.listen, select.POLLIN)
+        poller.register(self._stop_r, select.POLLIN)
+        conn: socket.socket | None = None
+        try:
+            while True:
+                for fd, _ev in poller.poll(1 if self._retry else None):
+                    if fd == self._stop_r:
+                        return
+                    if fd == self.listen.fileno():
+                        conn, _ = self.listen.accept()
+                        poller.unregister(self.listen)
+                        poller.register(conn, select.POLLIN)
+                    elif conn is not None and fd == conn.fileno():
+                        if not self._control(conn, poller):
+                            poller.unregister(conn)
+                            conn.close()
+                            conn = None
+                    elif fd in self._uffds:
+                        self._events(fd, poller)
+                self._retry_copies()
+        except BaseException as exc:  # reported by stop()
+            self.error = exc
+        finally:
+            if conn is not None:
+                conn.close()
+
+    def _control(self, conn: socket.socket, poller: select.poll) -> bool:
+        word = conn.recv(4, socket.MSG_WAITALL)
+        if len(word) < 4:
+            return False  # criu restore is done with the socket
+        (pid,) = struct.unpack("i", word)
+        if pid == LAZY_PAGES_RESTORE_FINISHED or pid <= 0:
+            return True  # finished, or a zombie (no userfaultfd follows)
+        _, anc, _, _ = conn.recvmsg(1, socket.CMSG_SPACE(4))
+        for lvl, typ, raw in anc:
+            if lvl == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS:
+                for fd in struct.unpack(f"{len(raw) // 4}i", raw):
+                    if pid not in self._tasks:
+                        self._tasks[pid] = _Task(self.images, pid)
+                    self._uffds[fd] = (pid, [])
+                    poller.register(fd, select.POLLIN)
+        return True
+
+    def _events(self, fd: int, poller: select.poll) -> None:
+        try:
+            data = os.read(fd, _MSG * 64)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(fd, poller)
+            return
+        for i in range(0, len(data) - _MSG + 1, _MSG):
+            event = data[i]
+            a, b, c = struct.unpack_from("QQQ", data, i + 8)
+            if event == UFFD_EVENT_PAGEFAULT:
+                self._fault(fd, b & ~(PAGE - 1))
+            elif event == UFFD_EVENT_FORK:
+                child = a & 0xFFFFFFFF
+                pid, remaps = self._uffds[fd]
+                self._uffds[child] = (pid, list(remaps))
+                poller.register(child, select.POLLIN)
+            elif event == UFFD_EVENT_REMAP:
+                self._uffds[fd][1].insert(0, (b, b + c, a - b))  # new range -> image address
+            elif event in (UFFD_EVENT_REMOVE, UFFD_EVENT_UNMAP):
+                if event == UFFD_EVENT_REMOVE:  # the range stays mapped: stop serving it
+                    try:
+                        fcntl.ioctl(fd, UFFDIO_UNREGISTER, struct.pack("QQ", a, b - a))
+                    except OSError:
+                        pass
+                self._retry = [(f, x) for f, x in self._retry if not (f == fd and a <= x < b)]
+
+    def _fault(self, fd: int, addr: int) -> None:
+        pid, remaps = self._uffds[fd]
+        img = addr
+        for start, end, delta in remaps:
+            if start <= img < end:
+                img += delta
+        off = self._tasks[pid].offset(img)
+        try:
+            if off is None:
+                fcntl.ioctl(fd, UFFDIO_ZEROPAGE, bytearray(struct.pack("QQQq", addr, PAGE, 0, 0)))
+            else:
+                self._buf[:] = os.pread(self._tasks[pid].pages, PAGE, off)
+                fcntl.ioctl(fd, UFFDIO_COPY, bytearray(struct.pack("QQQQq", addr, self._src,
+                                                                   PAGE, 0, 0)))
+                self.faults[pid].add(img)
+        except OSError as exc:
+            if exc.errno == errno.EAGAIN:  # the map was changing: read the events, retry
+                self._retry.append((fd, addr))
+            elif exc.errno == errno.EEXIST:  # served already (another thread's fault)
+                fcntl.ioctl(fd, UFFDIO_WAKE, struct.pack("QQ", addr, PAGE))
+                if off is not None:
+                    self.faults[pid].add(img)
+            elif exc.errno not in (errno.ESRCH, errno.ENOSPC, errno.ENOENT):
+                raise
+
+    def _retry_copies(self) -> None:
+        todo, self._retry = self._retry, []
+        for fd, addr in todo:
+            if fd in self._uffds:
+                self._fault(fd, addr)
+
+    def _drop(self, fd: int, poller: select.poll) -> None:
+        poller.unregister(fd)
+        self._uffds.pop(fd, None)
+        os.close(fd)
+
+    # -- the caller's side -----------------------------------------------------------
+    def stop(self) -> dict[int, set[int]]:
+        """Stop serving (kill the restored tasks first) and return the pages served."""
+        os.write(self._stop_w, b"x")
+        self._thread.join(10)
+        for fd in list(self._uffds):
+            os.close(fd)
+        self._uffds.clear()
+        for t in self._tasks.values():
+            os.close(t.pages)
+        self._tasks.clear()
+        self.listen.close()
+        os.close(self._stop_r)
+        os.close(self._stop_w)
+        if self.error is not None:
+            raise RuntimeError(f"fault recorder failed: {self.error!r}") from self.error
+        return dict(self.faults)

@@ -16,17 +16,18 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
-from . import _capture, _criu, _package, _pods, _restore
+from . import _capture, _criu, _kits, _logpump, _package, _pods, _restore
 from ._capture import NotRestorable
 from ._models import Instance, PodSpec, TierSpec, WarmupRequest
 from ._package import AppshotRejected, IncompatibleCPU, Manifest, TrustStore
 from ._slots import SlotPool
-from ._sys import is_root, log
+from ._sys import Steps, is_root, log
 
 __all__ = [
     "Host", "PodSpec", "TierSpec", "WarmupRequest", "Instance", "Manifest", "CaptureResult",
     "AppshotRejected", "IncompatibleCPU", "NotRestorable", "capture", "restore", "start",
     "snapshot", "stop", "list_instances", "verify", "criu_status", "pack", "unpack",
+    "shutdown",
 ]
 
 DEFAULT_STATE = Path(os.environ.get("EDGESHOT_STATE", "/var/lib/edgeshot" if is_root()
@@ -41,6 +42,13 @@ class Host(BaseModel):
     slot_prefix: str = "es"
     slot_subnet: str = "10.213.0.0/24"
     slots: int = 16
+    # pods' cgroups (with a parked launcher inside) made ahead of time, so that starts and
+    # restores skip a cgroup migration (an RCU grace period) and a spawn: see _kits
+    kits: int = 8
+    # CPU priority of CRIU while it restores (the latency-critical part of a start, on a
+    # server busy with running pods); restored tasks get their own priority back. None:
+    # inherit the agent's.
+    restore_nice: int | None = -10
 
     def pool(self) -> SlotPool | None:
         """The slot pool (created on first use); None without root: no namespaces."""
@@ -49,6 +57,9 @@ class Host(BaseModel):
         pool = SlotPool(self.state_dir, prefix=self.slot_prefix, subnet=self.slot_subnet,
                         size=self.slots)
         pool.ensure()
+        if self.kits > 0 and _kits.available():
+            _kits.pool().ensure(min(self.kits, self.slots))
+            _logpump.client(Path(self.state_dir) / "logs").warm()
         return pool
 
     @property
@@ -193,6 +204,7 @@ def restore(appshot: Path, host: Host = Host(), *, trust: TrustStore | None = No
         if fallback is None:
             raise NotRestorable([f"CRIU unavailable ({st.reason}) and no source to cold-start"])
         return _pods.start(fallback, host.state_dir, host.pool(), cold_reason=st.reason)
+    steps = Steps()
     try:
         manifest = verify(Path(appshot), trust or host.trust())
     except (AppshotRejected, IncompatibleCPU) as exc:
@@ -201,10 +213,11 @@ def restore(appshot: Path, host: Host = Host(), *, trust: TrustStore | None = No
                         appshot, exc)
             return _pods.start(fallback, host.state_dir, host.pool(), cold_reason=str(exc))
         raise
+    steps("verify")
     pool = host.pool()
     assert pool is not None
     return _restore.restore(Path(appshot), manifest, host.state_dir, pool, lazy=lazy,
-                            origin=manifest.kind)
+                            origin=manifest.kind, steps=steps, nice=host.restore_nice)
 
 
 def snapshot(inst: Instance, host: Host = Host(), dest: Path | None = None) -> Path:
@@ -224,6 +237,15 @@ def snapshot(inst: Instance, host: Host = Host(), dest: Path | None = None) -> P
         else:
             _pods.release(inst, pool)
     return dest
+
+
+def shutdown(host: Host = Host(), wait_s: float = 2.0) -> None:
+    """Stop this process's helpers: the kits kept ready (their cgroups are removed) and
+    the connection to the host's resident log pump, which exits once no pod writes to it
+    and no agent is connected. Pods keep running. Tests and benchmarks call it last; a
+    later start or restore makes the helpers again."""
+    _kits.pool().close()
+    _logpump.client(Path(host.state_dir) / "logs").close(wait_s)
 
 
 def stop(inst: Instance, host: Host = Host()) -> None:

@@ -26,7 +26,7 @@ StateOpt = Annotated[Path, typer.Option("--state-dir", help="agent state (pods, 
 
 
 def _host(state_dir: Path) -> A.Host:
-    return A.Host(state_dir=state_dir)
+    return A.Host(state_dir=state_dir, kits=0)  # one command: no kits kept ready
 
 
 def _fail(msg: str) -> typer.Exit:
