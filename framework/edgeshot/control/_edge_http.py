@@ -43,7 +43,13 @@ class HttpEdgeLink:
         free = sum(s.slots_free or 0 for s in load.servers)
         placements = {}
         full = []
+        # Only placements this link has assigned and the edge confirmed (its PUT answers
+        # once HAProxy was reloaded with them): the edge lists a new placement at once, its
+        # data path a moment later, and users must not be sent there in between.
+        confirmed = self._sent or {}
         for p in load.placements:
+            if p.id not in confirmed:
+                continue
             field = _percentile_field(self._percentile.get(p.id, 95.0))
             # Takes no more users: no server has room (at capacity), or it is held below
             # its demand by a limit (its share of the global maximum, its cost ceiling).
@@ -86,33 +92,18 @@ class HttpEdgeLink:
                 return
             except NotFound:
                 pass  # the edge restarted: send the whole set
-        await _put_all(self.client, [_assignment(o) for o in orders])
+        await self.client.set_placements([_assignment(o) for o in orders])
         self._sent = new
 
     async def close(self) -> None:
         await self.client.close()
 
 
-async def _put_all(client: Any, assignments: list[Any]) -> None:
-    """PUT the whole set. The edge client dumps bodies with exclude_none (right for its
-    PATCH, where None means "unchanged"), which drops the plan's required None fields
-    (organisation, path_prefix, install): until it dumps a PlacementSet whole, send it
-    through a model that ignores exclude_none."""
-    from edgeshot.edge.models import PlacementSet
-
-    class _Whole(PlacementSet):
-        def model_dump_json(self, **kw: Any) -> str:
-            kw.pop("exclude_none", None)
-            return super().model_dump_json(**kw)
-
-    await client._call("PUT", "/v1/placements", body=_Whole(placements=tuple(assignments)))
-
-
 def _same_apps(a: PlacementOrder, b: PlacementOrder) -> bool:
     """Same versions (each with the same plan): only weights, share or ceiling differ."""
     return ([(v.version, json.dumps(v.plan, sort_keys=True)) for v in a.versions]
             == [(v.version, json.dumps(v.plan, sort_keys=True)) for v in b.versions]
-            and a.placement == b.placement)
+            and a.placement == b.placement and a.stage == b.stage)
 
 
 def _assignment(o: PlacementOrder) -> Any:
@@ -125,7 +116,14 @@ def _assignment(o: PlacementOrder) -> Any:
         placement=placement, app=AppPlan.model_validate(primary.plan),
         versions=tuple(VersionWeight(version=v.version, weight=v.weight, appshot=v.appshot)
                        for v in o.versions),
-        global_share=o.global_share, cost_ceiling=o.cost_ceiling)
+        global_share=o.global_share, cost_ceiling=o.cost_ceiling, **_stage(o))
+
+
+def _stage(o: PlacementOrder) -> dict[str, Any]:
+    if o.stage is None:
+        return {}
+    from edgeshot.edge.models import StageRoute
+    return {"stage": StageRoute.model_validate(o.stage)}
 
 
 # ---------------------------------------------------------------------- local network files

@@ -1240,6 +1240,8 @@ class Edge:
 
     async def _flush_history(self) -> None:
         self.book.flush(self.store)
+        self._srv_seen = {k: v for k, v in self._srv_seen.items()
+                          if k[0] == self.worker and k[2] in self.live}
         for app, server in list(self.leftover_servers):
             if server in self.live:
                 self.leftover_servers.discard((app, server))  # back under the same name
