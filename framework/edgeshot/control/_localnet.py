@@ -107,10 +107,11 @@ class Manifest:
 
 
 def _tag(state_dir: Path) -> str:
-    """Two letters from the state directory: netns prefixes of two networks never collide."""
+    """Three letters from the state directory, so that the netns prefixes of two networks
+    on one machine differ (17,576 tags; a prefix is the tag and the server's number)."""
     h = hashlib.sha256(str(state_dir.resolve()).encode()).digest()
     alphabet = "abcdefghijklmnopqrstuvwxyz"
-    return alphabet[h[0] % 26] + alphabet[h[1] % 26]
+    return "".join(alphabet[b % 26] for b in h[:3])
 
 
 def _toml(data: dict[str, Any]) -> str:
@@ -226,7 +227,9 @@ class LocalNetwork:
         for i, s in enumerate(plan.servers):
             d = state / "agents" / s.name
             d.mkdir(parents=True, exist_ok=True)
-            prefix = f"{tag}{i:x}"[:6]
+            if i >= 0x1000:
+                raise NetworkError("a local network has at most 4,096 servers")
+            prefix = f"{tag}{i:x}"
             cfg = {"listen": s.address, "port": s.ports["agent"], "state_dir": str(d / "state"),
                    "edgepoint": s.edgepoint, "server": s.name,
                    "tokens_file": str(state / "tokens" / "agent.toml"),
