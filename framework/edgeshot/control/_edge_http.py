@@ -103,7 +103,8 @@ def _same_apps(a: PlacementOrder, b: PlacementOrder) -> bool:
     """Same versions (each with the same plan): only weights, share or ceiling differ."""
     return ([(v.version, json.dumps(v.plan, sort_keys=True)) for v in a.versions]
             == [(v.version, json.dumps(v.plan, sort_keys=True)) for v in b.versions]
-            and a.placement == b.placement and a.stage == b.stage)
+            and a.placement == b.placement
+            and getattr(a, "stage", None) == getattr(b, "stage", None))
 
 
 def _assignment(o: PlacementOrder) -> Any:
