@@ -121,10 +121,11 @@ def _assignment(o: PlacementOrder) -> Any:
 
 
 def _stage(o: PlacementOrder) -> dict[str, Any]:
-    if o.stage is None:
+    """The staged version's route (issue 10's staging), when the order carries one."""
+    if getattr(o, "stage", None) is None:
         return {}
     from edgeshot.edge.models import StageRoute
-    return {"stage": StageRoute.model_validate(o.stage)}
+    return {"stage": StageRoute.model_validate(o.stage)}  # type: ignore[attr-defined]
 
 
 # ---------------------------------------------------------------------- local network files
