@@ -1,6 +1,6 @@
 """Test policy for the whole suite, written once.
 
-Tests marked ``root`` or ``criu`` skip, with the reason, on a machine where they
+Tests marked ``root``, ``criu``, ``haproxy`` or ``browser`` skip, with the reason, on a machine where they
 cannot run (not root, no working CRIU) — except under CI=true, where such a test
 *fails*: CI runs as root and must exercise the real thing.
 """
@@ -8,6 +8,7 @@ cannot run (not root, no working CRIU) — except under CI=true, where such a te
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -22,12 +23,24 @@ def unavailable(item: pytest.Item) -> str | None:
         from edgeshot.edge._haproxy import find_haproxy
         if find_haproxy() is None:
             return "needs HAProxy (make system installs Debian's, as root)"
+    if item.get_closest_marker("browser"):
+        import importlib.util
+        if not (shutil.which("chromium") and shutil.which("chromedriver")):
+            return ("needs Debian's chromium and chromium-driver "
+                    "(scripts/setup.d/50-chromium.sh installs them, as root)")
+        if importlib.util.find_spec("selenium") is None:
+            return "needs selenium (the dev extra: pip install -e '.[dev]')"
     if item.get_closest_marker("criu"):
         from edgeshot.agent import _criu
         st = _criu.status()
         if not st.usable:
             return f"needs a working CRIU: {st.reason}"
     return None
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "browser: needs a headless Chromium (and selenium); must run under CI=true")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

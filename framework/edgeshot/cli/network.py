@@ -242,13 +242,16 @@ def deploy(
     app: Annotated[str | None, typer.Option("--app", help="which app of the file")] = None,
     wait: Annotated[bool, typer.Option("--wait/--no-wait", help="follow the canary to its "
                                        "end")] = True,
+    stage: Annotated[bool, typer.Option("--stage", help="put the version on the edge for the "
+                                        "owner's token only (X-Edgeshot-Stage) and run its "
+                                        "load test; roll it out later with --version")] = False,
     state: StateOpt = None,
 ) -> None:
     """Roll out a version: captured once, distributed, then a canary (or all at once)."""
     share = _percent(canary)
     state = _find_state(state)
     net, client = _client(state)
-    plan_json = source = None
+    plan_json = source = load_test = None
     name = target
     if target.endswith(".py") or Path(target).is_file():
         from edgeshot.control._localnet import as_local
@@ -263,8 +266,14 @@ def deploy(
         if version:
             p = p.model_copy(update={"version": version})
         plan_json, source, name = p.model_dump(mode="json"), str(spec.source_dir(a)), a.name
+        load_test = a.load_test.model_dump(mode="json") if a.load_test else None
     elif not version:
         raise _fail("give --version (or a policy file)")
+    if stage:
+        from edgeshot.control._staging import stage_command
+        raise typer.Exit(stage_command(client, name, version=version, plan=plan_json,
+                                       source_dir=source, load_test=load_test, wait=wait,
+                                       out=out))
 
     from edgeshot.control.client import ControllerError
 

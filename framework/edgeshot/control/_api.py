@@ -35,6 +35,7 @@ from edgeshot.plan import AppPlan
 
 from ._controller import Controller
 from ._deploy import DeployError
+from ._staging import mount_staging
 from .dashboards import mount_dashboards
 from .metering import add_routes as add_metering_routes
 from .metering import metrics_collector
@@ -272,6 +273,7 @@ def build_app(controller: Controller) -> web.Application:
     app.router.add_get("/v1/deployments/{id}", deployment)
     app.router.add_get("/metrics", metrics)
     add_metering_routes(app, controller.metering)  # /v1/bill, /v1/budgets, /v1/usage/…
+    mount_staging(app, controller)  # /v1/apps/{app}/stage: token-only versions, capacity tests
     mount_dashboards(app, controller)  # /dash: customer, NOC and ISV dashboards
 
     async def on_startup(_app: web.Application) -> None:

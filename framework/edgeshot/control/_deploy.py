@@ -82,6 +82,10 @@ class DeploymentCenter:
         self._trusted: set[tuple[str, str]] = set()  # (server, signer) pairs set up
         # the cost ceiling sent with a placement: the plan's, until metering follows budgets
         self.ceiling: Callable[[Placement], int] = lambda p: p.cost_ceiling
+        # staging (control/_staging.py): a staged version's route per (app, edgepoint), and
+        # the gate that refuses to roll out a version that failed its capacity test
+        self.stage_route: Callable[[str, str], dict[str, Any] | None] = lambda app, ep: None
+        self.gate: Callable[[AppPlan], str | None] = lambda app: None
 
     def lock(self, app: str) -> asyncio.Lock:
         return self._locks.setdefault(app, asyncio.Lock())
@@ -225,7 +229,7 @@ class DeploymentCenter:
                     id=p.id, app=app, edgepoint=edgepoint,
                     global_share=shares[p.edgepoint] + extra if shares[p.edgepoint] else 0,
                     cost_ceiling=self.ceiling(p) + extra, versions=versions,
-                    placement=placement))
+                    placement=placement, stage=self.stage_route(app, edgepoint)))
         return out
 
     def _versions(self, app_row: dict[str, Any]) -> tuple[VersionOrder, ...]:
@@ -293,6 +297,10 @@ class DeploymentCenter:
         """Roll out `app` (a new or known version). With `canary` (percent), the analysis
         decides; without, the version becomes the primary at once."""
         async with self.lock(app.name):
+            if (refused := self.gate(app)) is not None:
+                self.store.event("deploy-refused", f"{app.name} {app.version}: {refused}",
+                                 app=app.name)
+                raise DeployError(refused)
             self.store.put_app(app.name, app.owner, app.vendor)
             if not self.store.put_version(app.name, app.version, app.model_dump_json()):
                 row = self.store.version(app.name, app.version)

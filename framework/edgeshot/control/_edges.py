@@ -33,6 +33,8 @@ class PlacementOrder:
     cost_ceiling: int
     versions: tuple[VersionOrder, ...]
     placement: dict[str, Any] = field(default_factory=dict, compare=False)  # the plan's, JSON
+    # a staged version reachable only with a token (edge.models.StageRoute, JSON), or None
+    stage: dict[str, Any] | None = field(default=None, compare=False)
 
     def weights(self) -> dict[str, int]:
         return {v.version: v.weight for v in self.versions}

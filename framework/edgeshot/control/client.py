@@ -106,6 +106,26 @@ class ControllerClient:
                                timeout=self.deploy_timeout, retries=0)
         return res["deployment"]
 
+    async def stage(self, app: str, *, version: str | None = None,
+                    plan: dict[str, Any] | None = None, source_dir: str | None = None,
+                    load_test: dict[str, Any] | None = None, edgepoint: str | None = None,
+                    run_test: bool = True) -> dict[str, Any]:
+        """Stage a version (reachable with the owner's token only) and run its load test."""
+        body = {k: v for k, v in (("version", version), ("plan", plan),
+                                  ("source_dir", source_dir), ("load_test", load_test),
+                                  ("edgepoint", edgepoint)) if v is not None}
+        body["run_test"] = run_test
+        return await self._call("POST", f"/v1/apps/{app}/stage", json=body,
+                                timeout=self.deploy_timeout, retries=0)
+
+    async def staging(self, app: str) -> dict[str, Any]:
+        """The app's staged versions and capacity tests."""
+        return await self._call("GET", f"/v1/apps/{app}/stage")
+
+    async def unstage(self, app: str, version: str | None = None) -> dict[str, Any]:
+        return await self._call("DELETE", f"/v1/apps/{app}/stage",
+                                params={"version": version} if version else None, retries=0)
+
     async def rollback(self, app: str) -> dict[str, Any]:
         return await self._call("POST", f"/v1/apps/{app}/rollback", retries=0)
 

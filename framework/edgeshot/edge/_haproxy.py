@@ -123,10 +123,18 @@ class AppConf:
     cookie_key: str = ""
     health_path: str | None = None
     servers: tuple[Server, ...] = ()
+    # a staged version: requests whose X-Edgeshot-Stage token hashes to one of these go
+    # to its own backend (the controller's instances), never the public one
+    stage_hashes: tuple[str, ...] = ()
+    stage_servers: tuple[Server, ...] = ()
 
     @property
     def backend(self) -> str:
         return backend_name(self.name)
+
+    @property
+    def stage_backend(self) -> str:
+        return f"{self.name}.stage"
 
     @property
     def origin_backend(self) -> str:
@@ -265,7 +273,10 @@ def _check(conf: HAProxyConf) -> None:
                 raise HAProxyError(f"app {app.name}: bad route {r}")
             if "\n" in r.regex:
                 raise HAProxyError(f"app {app.name}: a route regex spans lines")
-        for s in app.servers:
+        for h in app.stage_hashes:
+            if not re.fullmatch(r"[0-9a-f]{64}", h):
+                raise HAProxyError(f"app {app.name}: a stage token hash is not a SHA-256 digest")
+        for s in (*app.servers, *app.stage_servers):
             if not _SAFE_NAME.match(s.name) or not re.match(r"^[0-9.]+:\d+$|^\[[0-9a-f:]+\]:\d+$",
                                                              s.address):
                 raise HAProxyError(f"app {app.name}: bad server {s.name} {s.address}")
@@ -282,6 +293,8 @@ def render(conf: HAProxyConf) -> Rendered:
     for app in conf.apps:
         for k, r in enumerate(app.rules):
             files[f"{app.name}.{k}.re"] = r.regex + "\n"
+        if app.stage_hashes:
+            files[f"{app.name}.stage.map"] = "".join(h + "\n" for h in app.stage_hashes)
     text = _ENV.get_template("haproxy.cfg.j2").render(c=conf)
     return Rendered(text, files)
 

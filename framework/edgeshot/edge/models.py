@@ -19,7 +19,7 @@ from edgeshot.agent.models import Name, UsagePage, UsageRecord
 from edgeshot.plan import AppPlan, Placement
 
 __all__ = [
-    "VersionWeight", "PlacementAssignment", "PlacementSet", "PlacementUpdate", "VersionLoad",
+    "VersionWeight", "StageServer", "StageRoute", "PlacementAssignment", "PlacementSet", "PlacementUpdate", "VersionLoad",
     "PlacementLoad", "ServerLoad", "EdgeLoad", "EdgeHealth", "LatencyMinute", "LatencyHistory",
     "RegionMinute", "RegionHistory", "UsagePage", "UsageRecord", "PlacementList",
 ]
@@ -43,6 +43,30 @@ class VersionWeight(_Wire):
     appshot: Name | None = None
 
 
+class StageServer(_Wire):
+    """One instance of a staged version (the controller runs it): its id and address."""
+
+    name: Name
+    address: str = Field(pattern=r"^[0-9.]+:[0-9]+$|^\[[0-9a-f:]+\]:[0-9]+$")
+
+
+class StageRoute(_Wire):
+    """A staged version: reachable only by requests carrying one of these tokens in
+    ``X-Edgeshot-Stage`` (SHA-256 hashes here, never the tokens), never through public
+    routing. The controller runs its instances (``control/_staging.py``)."""
+
+    version: str = Field(min_length=1, max_length=64)
+    token_sha256: tuple[str, ...] = Field(min_length=1, max_length=64)
+    servers: tuple[StageServer, ...] = ()
+
+    @model_validator(mode="after")
+    def _hashes(self) -> StageRoute:
+        import re
+        if not all(re.fullmatch(r"[0-9a-f]{64}", h) for h in self.token_sha256):
+            raise ValueError("token_sha256 holds lowercase hex SHA-256 digests")
+        return self
+
+
 class PlacementAssignment(_Wire):
     """One app this edgepoint serves: the plan's placement and app, and the run-time
     inputs the controller owns. ``global_share`` / ``cost_ceiling`` override the plan's
@@ -54,6 +78,7 @@ class PlacementAssignment(_Wire):
     versions: tuple[VersionWeight, ...] = ()
     global_share: int | None = Field(None, ge=0)
     cost_ceiling: int | None = Field(None, ge=0)
+    stage: StageRoute | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> PlacementAssignment:

@@ -277,7 +277,16 @@ class PlacementRuntime:
             default_route=app.default_route,
             origin=H.origin_from_url(app.origin_url) if app.origin_url else None,
             affinity=self.a.placement.affinity or app.affinity, cookie_key=self.cookie_key,
-            health_path=entry.health_path if entry else None, servers=servers)
+            health_path=entry.health_path if entry else None, servers=servers,
+            **self.stage_conf())
+
+    def stage_conf(self) -> dict[str, Any]:
+        """A staged version's route (the controller runs its instances: control/_staging)."""
+        st = self.a.stage
+        if st is None:
+            return {}
+        return {"stage_hashes": st.token_sha256,
+                "stage_servers": tuple(H.Server(s.name, s.address) for s in st.servers)}
 
 
 def _run_dir(state_dir: Path, edgepoint: str) -> Path:
@@ -569,6 +578,11 @@ class Edge:
                 self.placements[pid] = PlacementRuntime(a, self.cfg, self._cookie_key(a.app.name))
         self.store.save_placements({pid: json.loads(a.model_dump_json())
                                     for pid, a in new.items()})
+        for a in new.values():  # staged instances' traffic is billed to their owner too
+            for s in a.stage.servers if a.stage else ():
+                self.store.remember(InstanceMeta(s.name, a.app.name, a.stage.version,
+                                                 a.placement.owner, a.placement.vendor, "",
+                                                 s.address), datetime.now(UTC))
         for pid in removed:
             await self._retire(pid)
         self.by_app = {pr.app: pid for pid, pr in self.placements.items()}
@@ -775,9 +789,11 @@ class Edge:
     def _merge_instances(self, server: str, insts: list[InstanceInfo], adopt: bool) -> None:
         now = time.monotonic()
         seen = set()
+        staged = {s.name for pr in self.placements.values() if pr.a.stage
+                  for s in pr.a.stage.servers}  # the controller's, never public
         for info in insts:
             pid = self.by_app.get(info.app)
-            if pid is None:
+            if pid is None or info.id in staged:
                 continue
             seen.add(info.id)
             if info.state == "snapshotted":

@@ -41,7 +41,7 @@ log = logging.getLogger("edgeshot.dashboards")
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
        "connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
-STATIC = {"dash.css": "text/css", "dash.js": "text/javascript"}
+STATIC = {"dash.css": "text/css", "dash.js": "text/javascript", "favicon.svg": "image/svg+xml"}
 
 
 def _fmt_ms(v: Any) -> str:
@@ -98,7 +98,7 @@ class Dashboards:
         resp.headers["Content-Security-Policy"] = CSP
         resp.headers["Cache-Control"] = "no-store"
         resp.headers["X-Content-Type-Options"] = "nosniff"
-        resp.headers["Referrer-Policy"] = "no-referrer"
+        resp.headers["Referrer-Policy"] = "same-origin"  # (no-referrer makes form posts say Origin: null)
         resp.headers["X-Frame-Options"] = "DENY"
         return resp
 

@@ -19,8 +19,8 @@ from html import escape
 
 __all__ = ["Series", "line_chart", "bar_chart", "nice_max", "fmt_num"]
 
-W, H = 640, 220
-LEFT, RIGHT, TOP, BOTTOM = 52, 12, 14, 34
+W, H = 640, 230
+LEFT, RIGHT, TOP, BOTTOM = 52, 12, 24, 34
 
 
 @dataclass(frozen=True)
@@ -94,7 +94,7 @@ def line_chart(series: Sequence[Series], *, title: str = "", unit: str = "",
         out.append(f'<text class="axis" x="{LEFT - 6}" y="{y + 4:.1f}" text-anchor="end">'
                    f"{escape(fmt_num(v))}</text>")
     if unit:
-        out.append(f'<text class="axis" x="4" y="{TOP - 2}">{escape(unit)}</text>')
+        out.append(f'<text class="axis" x="4" y="{TOP - 12}">{escape(unit)}</text>')
     for x, label in x_labels:
         if x0 <= x <= x1:
             out.append(f'<text class="axis" x="{px(x):.1f}" y="{H - BOTTOM + 16}" '

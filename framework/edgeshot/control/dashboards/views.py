@@ -381,7 +381,10 @@ def spend_view(app: AppInfo, spend: SpendInput | None) -> dict[str, Any] | None:
     spent = billing.bill(acc, spend.pricing, spend.month).total
     forecast = billing.forecast(spent, spend.now, spend.month, spend.zone)
     state = billing.budget_state(spent, app.budget, app.warn_at) if app.budget else "ok"
+    y, m = (int(x) for x in spend.month.split("-"))
+    month_end = datetime(y + (m == 12), m % 12 + 1, 1, tzinfo=UTC).timestamp()
     return {"month": spend.month, "currency": app.currency, "spent": _money(spent),
+            "month_end": month_end, "now": spend.now.timestamp(),
             "forecast": _money(forecast), "budget": _money(app.budget),
             "used": float(spent / app.budget) if app.budget else None,
             "forecast_used": float(forecast / app.budget) if app.budget else None,
@@ -483,12 +486,23 @@ def customer_view(*, owners: frozenset[str] | set[str], apps: Sequence[AppInfo],
                 x_labels=xl),
         }
         if sp is not None:
+            days = [d["t"] for d in sp["daily"]]
+            start = days[0] if days else sp["now"]
+            # the budget line only where it does not flatten the spend to nothing
+            show_budget = bool(a.budget) and Decimal(sp["forecast"]) >= a.budget / 4
             charts["spend"] = svg.line_chart(
-                [svg.Series("spent", [(d["t"], d["cumulative"]) for d in sp["daily"]])],
+                [svg.Series("spent", [(d["t"] + 86400, d["cumulative"]) if i + 1 < len(days)
+                                      else (sp["now"], d["cumulative"])
+                                      for i, d in enumerate(sp["daily"])] + [(start, 0.0)]),
+                 svg.Series("forecast", [(sp["now"], float(sp["spent"])),
+                                         (sp["month_end"], float(sp["forecast"]))],
+                            dashed=True)],
                 title=f"{a.name}: spend this month", unit=a.currency,
-                threshold=(float(a.budget), "budget") if a.budget else None,
-                x_labels=[(d["t"], datetime.fromtimestamp(d["t"], UTC).strftime("%d"))
-                          for d in sp["daily"]][:: max(1, len(sp["daily"]) // 8)],
+                threshold=(float(a.budget), "budget") if show_budget else None,
+                x_range=(start, sp["month_end"]),
+                x_labels=[(t, datetime.fromtimestamp(t, UTC).strftime("%d"))
+                          for t in [start + k * 5 * 86400 for k in range(7)]
+                          if t < sp["month_end"]],
                 empty="nothing metered yet this month")
         out_apps.append({
             "name": a.name, "owner": a.owner, "vendor": a.vendor, "primary": a.primary,
