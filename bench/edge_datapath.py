@@ -277,6 +277,32 @@ class Net:
 
 
 # -- wrk ------------------------------------------------------------------------------------
+def cpu_seconds(pids: list[int]) -> float:
+    """utime + stime of processes (all their threads), in seconds."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(f[11]) + int(f[12])
+        except (FileNotFoundError, IndexError, ValueError):
+            pass
+    return total / tick
+
+
+def haproxy_pids(master: int) -> list[int]:
+    kids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()
+            and _ppid(int(p.name)) == master]
+    return [master, *kids]
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (FileNotFoundError, IndexError, ValueError):
+        return None
+
+
 def wrk(url: str, seconds: float, conns: int = 32, threads: int = 1) -> dict[str, float]:
     r = subprocess.run(["wrk", f"-t{threads}", f"-c{conns}", f"-d{seconds:g}s", "--latency",
                         "-H", f"Host: {HOST}", url], capture_output=True, text=True,
@@ -286,10 +312,12 @@ def wrk(url: str, seconds: float, conns: int = 32, threads: int = 1) -> dict[str
     if m is None:
         raise RuntimeError(f"wrk {url}: {out[-500:]} {r.stderr[-500:]}")
     rps = float(m.group(1))
+    n = re.search(r"(\d+) requests in", out)
     lat = dict(re.findall(r"^\s+(\d+)%\s+([\d.]+\w+)", out, re.M))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: .*", out)
     return {"rps": rps, "p50": _ms(lat["50"]), "p99": _ms(lat["99"]),
+            "requests": int(n.group(1)) if n else 0,
             "non2xx": int(errors.group(1)) if errors else 0, "sockerr": sock.group(0) if sock else ""}
 
 
@@ -339,17 +367,29 @@ def bench_throughput(net: Net, rounds: int, seconds: float) -> dict:
                "edgeshot": f"http://127.0.0.1:{net.http_port}/"}
     for url in targets.values():  # warm up every path once
         wrk(url, 1)
+    edge_master = int((net.root / "edge-state" / "run" / "haproxy.pid").read_text().split()[0])
+    procs = {"direct": lambda: [],
+             "plain HAProxy": lambda: [plain.pid],
+             "edgeshot": lambda: haproxy_pids(edge_master),
+             "edge process": lambda: [net.edge.pid]}
     res: dict[str, list[dict]] = {k: [] for k in targets}
     for r in range(rounds):
         order = list(targets.items())
         order = order[r % 3:] + order[: r % 3]
         for name, url in order:
-            res[name].append(wrk(url, seconds))
+            before = cpu_seconds(procs[name]())
+            edge_before = cpu_seconds(procs["edge process"]())
+            w = wrk(url, seconds)
+            w["cpu_us"] = (cpu_seconds(procs[name]()) - before) * 1e6 / max(1, w["requests"])
+            w["edge_cpu_us"] = (cpu_seconds(procs["edge process"]()) - edge_before) * 1e6 / max(
+                1, w["requests"]) if name == "edgeshot" else 0.0
+            res[name].append(w)
     plain.send_signal(signal.SIGTERM)
     plain.wait(timeout=10)
     out = {}
     for name, runs in res.items():
-        out[name] = {k: statistics.median(x[k] for x in runs) for k in ("rps", "p50", "p99")}
+        out[name] = {k: statistics.median(x[k] for x in runs)
+                     for k in ("rps", "p50", "p99", "cpu_us", "edge_cpu_us")}
         out[name]["non2xx"] = sum(x["non2xx"] for x in runs)
         out[name]["runs"] = runs
     return out
@@ -357,7 +397,7 @@ def bench_throughput(net: Net, rounds: int, seconds: float) -> dict:
 
 def bench_zero(net: Net, rounds: int) -> dict:
     """Scale to zero -> first response via the activator, vs the agent's restore alone."""
-    net.place(min=0, warm_pool=0)
+    net.reset(min=0, warm_pool=0)
     wait(lambda: net.ready() == 0, 60, "zero instances")
     agent_ms, edge_ms = [], []
 
@@ -442,7 +482,7 @@ def main() -> None:
     ap.add_argument("--runtime", choices=("auto", "node", "python"), default="auto")
     ap.add_argument("--show-log", action="store_true", help="print the edge's log at the end")
     ap.add_argument("--edge", action="append", default=[], metavar="KEY=JSON",
-                    help="an edge configuration value (e.g. log_sample=10)")
+                    help="an edge configuration value (e.g. log_max_per_s=0)")
     a = ap.parse_args()
     edge_cfg = {k: json.loads(v) for k, v in (x.split("=", 1) for x in a.edge)}
     from edgeshot.agent import _criu, _pods, _slots  # noqa: F401 (needed by the teardown)
@@ -465,18 +505,23 @@ def main() -> None:
         if "throughput" in which:
             r = bench_throughput(net, a.rounds, a.seconds)
             print(f"\nthroughput, wrk -t1 -c32, {a.rounds} x {a.seconds:.0f} s rounds, medians:")
-            print(f"  {'path':<15} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+            print(f"  {'path':<15} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8} "
+                  f"{'proxy CPU us/req':>17}")
             for name, v in r.items():
+                cpu = "" if name == "direct" else f"{v['cpu_us']:.1f}"
+                if name == "edgeshot":
+                    cpu += f" (+{v['edge_cpu_us']:.1f} edge process)"
                 print(f"  {name:<15} {v['rps']:>9.0f} {v['p50']:>8.2f} {v['p99']:>8.2f} "
-                      f"{v['non2xx']:>8}")
-            e, p = r["edgeshot"], r["plain HAProxy"]
-            ratio, dp50 = e["rps"] / p["rps"], e["p50"] - p["p50"]
-            print(f"  edgeshot / plain HAProxy: {ratio:.2f}x req/s (target >= 0.9: "
-                  f"{'met' if ratio >= 0.9 else 'MISSED'}), p50 {dp50:+.2f} ms (target <= "
-                  f"+0.3: {'met' if dp50 <= 0.3 else 'MISSED'})")
-            per_round = [x["rps"] / y["rps"] for x, y in
-                         zip(r["edgeshot"]["runs"], r["plain HAProxy"]["runs"], strict=True)]
-            print("  per round ratio: " + " ".join(f"{x:.2f}" for x in per_round))
+                      f"{v['non2xx']:>8} {cpu:>17}")
+            pairs = list(zip(r["edgeshot"]["runs"], r["plain HAProxy"]["runs"], strict=True))
+            ratios = [x["rps"] / y["rps"] for x, y in pairs]
+            deltas = [x["p50"] - y["p50"] for x, y in pairs]
+            ratio, dp50 = statistics.median(ratios), statistics.median(deltas)
+            print(f"  edgeshot vs plain HAProxy, median of the {len(pairs)} paired rounds: "
+                  f"{ratio:.2f}x req/s (target >= 0.9: {'met' if ratio >= 0.9 else 'MISSED'}), "
+                  f"p50 {dp50:+.2f} ms (target <= +0.3: {'met' if dp50 <= 0.3 else 'MISSED'})")
+            print("  per round: " + " ".join(f"{x:.2f}x/{d:+.2f}ms"
+                                             for x, d in zip(ratios, deltas, strict=True)))
         if "zero" in which:
             r = bench_zero(net, a.rounds)
             print(f"\nscale to zero -> first response, {a.rounds} rounds alternated (ms):")

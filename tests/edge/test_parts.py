@@ -221,3 +221,14 @@ def _write(d, text):
     p = d / "other.toml"
     p.write_text(text)
     return p
+
+
+def test_request_counts_per_version_come_from_counters():
+    book = LatencyBook(window_s=60)
+    book.count("shop", "1", 10, 1, now=1000.2)
+    book.count("shop", "1", 5, 0, now=1000.7)
+    book.count("shop", "2", 3, 3, now=1030.0)
+    book.count("shop", "1", 0, 0, now=1031.0)  # nothing: nothing stored
+    assert book.counted("shop", "1", 60, now=1031) == (15, 1)
+    assert book.counted("shop", "2", 10, now=1031) == (3, 3)
+    assert book.counted("shop", "1", 10, now=1031) == (0, 0)

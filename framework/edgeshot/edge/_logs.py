@@ -1,9 +1,10 @@
 """Per-request latency from HAProxy's request logs, into HDR histograms.
 
 ``show stat`` has only averages; percentiles need every request's timers. HAProxy
-sends one raw log line per request (optionally 1 in N: ``log_sample``) to a unix
-datagram socket the edge process reads without blocking; the format is the
-frontend's ``log-format``::
+sends one raw log line per request (1 in N at high rates: the edge sets N so that it
+reads at most ``log_max_per_s`` lines a second) over UDP on loopback to the edge
+process, which reads them without blocking; the format is the frontend's
+``log-format``::
 
     <backend> <server> <status> <Ta ms> <Tr ms> <bytes out> <bytes in> <method> {<region>}
 
@@ -14,6 +15,8 @@ the resource manager's windows, and per minute an HDR histogram (``hdrh``, the
 standard encoding) stored durably with per-region request counts for the dashboards'
 history. Requests the activator proxied itself are recorded by the activator (with
 the instance's version); origin routes are kept under the version ``@origin``.
+Request and error *counts* per version come from HAProxy's counters (``count``), exact
+whatever the sampling.
 """
 
 from __future__ import annotations
@@ -21,12 +24,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import os
 import socket
 from collections import Counter, deque
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
 from hdrh.histogram import HdrHistogram
 
@@ -80,8 +81,8 @@ class LatencyBook:
         # minute -> (app, version) -> [Counter, errors]; minute -> (app, region) -> n
         self.minutes: dict[int, dict[tuple[str, str], list]] = {}
         self.regions: dict[int, Counter] = {}
-        self.lines = 0
-        self.dropped = 0
+        # (app, version) -> deque of [second, requests, errors] from HAProxy's counters
+        self.counts: dict[tuple[str, str], deque[list]] = {}
 
     def record(self, app: str, version: str, ms: int, status: int, region: str = "-",
                now: float | None = None, n: int = 1, held: bool = False) -> None:
@@ -123,6 +124,35 @@ class LatencyBook:
             mb[0][ms] += n
         mb[1] += err
         self.regions.setdefault(minute, Counter())[(app, region)] += n
+
+    def count(self, app: str, version: str, requests: int, errors: int,
+              now: float | None = None) -> None:
+        """Requests and errors (5xx) counted by HAProxy (exact, unlike sampled logs)."""
+        if requests <= 0 and errors <= 0:
+            return
+        sec = int(self.clock() if now is None else now)
+        dq = self.counts.get((app, version))
+        if dq is None:
+            dq = self.counts[(app, version)] = deque()
+        if dq and dq[-1][0] == sec:
+            dq[-1][1] += requests
+            dq[-1][2] += errors
+        else:
+            dq.append([sec, requests, errors])
+            while dq and dq[0][0] <= sec - self.window_s:
+                dq.popleft()
+
+    def counted(self, app: str, version: str, window_s: float,
+                now: float | None = None) -> tuple[int, int]:
+        """(requests, errors) of the last ``window_s`` seconds, from the counters."""
+        lo = (self.clock() if now is None else now) - window_s
+        req = err = 0
+        for sec, r, e in reversed(self.counts.get((app, version), ())):
+            if sec < lo:
+                break
+            req += r
+            err += e
+        return req, err
 
     def window(self, app: str, window_s: float, version: str | None = None,
                now: float | None = None) -> tuple[Counter, int]:
@@ -174,27 +204,37 @@ class LatencyBook:
 
 
 class LogReceiver:
-    """Reads HAProxy's log datagrams from a unix socket on the event loop."""
+    """Reads HAProxy's log datagrams on 127.0.0.1 (UDP) on the event loop.
 
-    def __init__(self, path: Path, on_line: Callable[[bytes], None]) -> None:
-        self.path = Path(path)
+    UDP rather than a unix datagram socket: the kernel queues at most
+    ``net.unix.max_dgram_qlen`` (10) datagrams on a unix socket and HAProxy drops the
+    rest of a burst; a UDP socket queues up to its receive buffer (8 MiB, forced as
+    root). ``port`` 0 picks a free one (see ``port`` after ``start``)."""
+
+    def __init__(self, port: int, on_line: Callable[[bytes], None]) -> None:
+        self.port = port
         self.on_line = on_line
         self.sock: socket.socket | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
 
-    def start(self) -> None:
-        self.path.unlink(missing_ok=True)
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        s.bind(str(self.path))
-        os.chmod(self.path, 0o600)
-        s.setblocking(False)
+    def start(self) -> int:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+            s.bind(("127.0.0.1", self.port))
         except OSError:
-            pass
+            s.bind(("127.0.0.1", 0))  # taken: another one (the caller re-renders HAProxy)
+        for opt in (getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF):
+            try:
+                s.setsockopt(socket.SOL_SOCKET, opt, 8 << 20)
+                break
+            except OSError:
+                continue
+        s.setblocking(False)
         self.sock = s
+        self.port = s.getsockname()[1]
         self.loop = asyncio.get_running_loop()
         self.loop.add_reader(s.fileno(), self._drain)
+        return self.port
 
     def _drain(self) -> None:
         s = self.sock
@@ -222,4 +262,3 @@ class LogReceiver:
                 pass
             self.sock.close()
             self.sock = None
-        self.path.unlink(missing_ok=True)

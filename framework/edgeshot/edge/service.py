@@ -145,6 +145,8 @@ class EdgeConfig(BaseModel):
                                   "of seconds; restores take ~0.1 s here, so bursts are "
                                   "answered within one second")
     scale_down_delay_s: float = Field(30.0, ge=0)
+    report_window_s: float = Field(60.0, gt=0, description="per-version requests, errors and "
+                                   "percentiles in the load report cover this window")
     usage_interval_s: float = Field(10.0, ge=0.05, le=3600)
     capacity_interval_s: float = Field(2.0, ge=0.05, le=600)
     activator_timeout_s: float = Field(30.0, gt=0)
@@ -308,7 +310,7 @@ class Edge:
         cfg.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.store = Store(cfg.state_dir / "edge.db")
         self.meter = UsageMeter(self.store, self.source, cfg.edgepoint)
-        self.book = LatencyBook(window_s=max(cfg.stable_window_s, 60.0))
+        self.book = LatencyBook(window_s=max(cfg.stable_window_s, cfg.report_window_s))
         self.tokens = tokens
         self.agent_token = agent_token
         self.run_dir = _run_dir(cfg.state_dir, cfg.edgepoint)
@@ -1279,7 +1281,7 @@ class Edge:
             ready = sum(lv.state == "ready" for lv in lvs)
             starting = sum(lv.state == "starting" for lv in lvs)
             versions = []
-            window = min(60.0, self.cfg.stable_window_s)
+            window = self.cfg.report_window_s
             for v, w in pr.weights:
                 counts, errors = self.book.window(pr.app, window, version=v)
                 n = sum(counts.values())
