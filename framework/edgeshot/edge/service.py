@@ -137,7 +137,8 @@ class EdgeConfig(BaseModel):
     plan: Path | None = Field(None, description="a plan (JSON): initial placements and agents")
     haproxy: Path | None = Field(None, description="HAProxy binary (default: from PATH)")
     use_haproxy: Literal["auto", "off"] = "auto"
-    log_sample: int = Field(1, ge=1, le=1000, description="log 1 request in N for latency")
+    log_max_per_s: int = Field(1000, ge=0, description="request log lines read per second "
+                               "at most: above, HAProxy logs 1 request in N (0: every one)")
     nbthread: int | None = Field(None, ge=1, le=64)
     tick_s: float = Field(0.1, ge=0.02, le=60, description="observe and decide this often")
     stable_window_s: float = Field(60.0, gt=0, description="Knative's default")
@@ -349,6 +350,11 @@ class Edge:
                                    timeout_s=cfg.activator_timeout_s,
                                    retry_after_s=cfg.retry_after_s)
         self.logs: LogReceiver | None = None
+        self.log_every = 1  # HAProxy logs 1 request in this many (adapted to the rate)
+        self.log_port = self._saved_log_port()
+        self._fe_seen: tuple[int, int, float] | None = None  # (worker, req_tot, time)
+        self._fe_rate = 0.0
+        self._srv_seen: dict[tuple[int, str, str], tuple[int, int]] = {}
         self.started = time.monotonic()
         self.reload_lock = asyncio.Lock()
         self._api_runner: web.AppRunner | None = None
@@ -405,8 +411,9 @@ class Edge:
                         cfg.edgepoint, self.mode_reason)
         await self._adopt_instances()
         if self.mode == "haproxy":
-            self.logs = LogReceiver(self.run_dir / "log.sock", self._on_log)
-            self.logs.start()
+            self.logs = LogReceiver(self.log_port, self._on_log)
+            self.log_port = self.logs.start()
+            (self.cfg.state_dir / "log.port").write_text(f"{self.log_port}\n")
             await self.activator.start_unix(self.run_dir / "activator.sock")
             self.haproxy = H.HAProxyProcess(self._hconf(), binary)  # type: ignore[arg-type]
             await self._start_haproxy()
@@ -643,8 +650,8 @@ class Edge:
             apps.append(pr.conf(servers))
         self.hconf = H.HAProxyConf(edgepoint=self.cfg.edgepoint, listen=self.cfg.listen,
                                    http_port=self.cfg.http_port, run_dir=self.run_dir,
-                                   apps=tuple(apps), log_sample=self.cfg.log_sample,
-                                   nbthread=self.cfg.nbthread)
+                                   apps=tuple(apps), log_port=self.log_port,
+                                   log_every=self.log_every, nbthread=self.cfg.nbthread)
         return self.hconf
 
     async def _start_haproxy(self) -> None:
@@ -659,6 +666,7 @@ class Edge:
                 await self.haproxy.start()
                 self.worker = await self.haproxy.current_worker()
                 await self._sync_servers()
+                await self.haproxy.admin.set_log_every(self.log_every)
                 log.info("adopted the running HAProxy (worker %d)", self.worker)
                 return
             await self.haproxy.start()  # adopts
@@ -861,6 +869,9 @@ class Edge:
         conc: dict[str, float] = {}
         for r in rows:
             px, sv = r.get("pxname", ""), r.get("svname", "")
+            if px == "edgeshot.http" and sv == "FRONTEND":
+                await self._adapt_logging(int(_f(r.get("req_tot"))), now)
+                continue
             pid = self.by_app.get(px)
             if pid is None:
                 continue
@@ -880,6 +891,12 @@ class Edge:
                 continue
             lv.scur = _f(r.get("scur"))
             conc[px] = conc.get(px, 0.0) + lv.scur
+            key = (self.worker, px, sv)
+            req, err = int(_f(r.get("req_tot"))), int(_f(r.get("hrsp_5xx")))
+            seen = self._srv_seen.get(key)
+            if seen is not None and req >= seen[0]:
+                self.book.count(px, lv.version, req - seen[0], max(0, err - seen[1]), now=None)
+            self._srv_seen[key] = (req, err)
             status = r.get("status", "")
             if lv.state != "ready":
                 continue
@@ -912,6 +929,36 @@ class Edge:
         for a in d.actions:
             self._act(a)
         self._update_gauges(d)
+
+    async def _adapt_logging(self, req_tot: int, now: float) -> None:
+        """Keep the request logs the edge reads under ``log_max_per_s`` lines a second:
+        HAProxy logs 1 request in N, N following the frontend's request rate (EWMA over
+        about a second), changed only when it moves by a factor of two."""
+        seen = self._fe_seen
+        self._fe_seen = (self.worker, req_tot, now)
+        if seen is None or seen[0] != self.worker or req_tot < seen[1] or now <= seen[2]:
+            return
+        rate = (req_tot - seen[1]) / (now - seen[2])
+        a = min(1.0, (now - seen[2]) / 1.0)
+        self._fe_rate += a * (rate - self._fe_rate)
+        cap = self.cfg.log_max_per_s
+        want = 1 if cap <= 0 else max(1, math.ceil(self._fe_rate / cap))
+        if want == self.log_every or (want > 1 and self.log_every / 2 < want < self.log_every * 2):
+            return
+        if self.haproxy is not None:
+            try:
+                await self.haproxy.admin.set_log_every(want)
+            except (H.HAProxyError, OSError) as exc:
+                log.warning("cannot set the log sampling: %s", exc)
+                return
+            log.info("request logs: 1 in %d (%.0f requests/s)", want, self._fe_rate)
+            self.log_every = want
+
+    def _saved_log_port(self) -> int:
+        try:
+            return int((self.cfg.state_dir / "log.port").read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return 0
 
     def _view(self, now: float) -> EdgeView:
         by_p: dict[str, list[Inst]] = {}
@@ -1192,6 +1239,7 @@ class Edge:
             self.book.record(app, ORIGIN, int(ms), status, region)
             return
         self.book.record(app, t.version, int(ms), status, region, held=held)
+        self.book.count(app, t.version, 1, 1 if status >= 500 else 0)
         self.meter.count_activator(app, t.instance, b_in, b_out)
         lv = self.live.get(t.instance)
         if self.mode == "activator" and lv is not None:
@@ -1219,7 +1267,7 @@ class Edge:
                 version = self._version_of(server)
         if app not in self.by_app:
             return
-        self.book.record(app, version, ms, status, region, n=self.cfg.log_sample)
+        self.book.record(app, version, ms, status, region, n=self.log_every)
 
     def _version_of(self, instance: str) -> str:
         """The version of an instance this edge no longer routes to (late log lines)."""
@@ -1283,8 +1331,8 @@ class Edge:
             versions = []
             window = self.cfg.report_window_s
             for v, w in pr.weights:
-                counts, errors = self.book.window(pr.app, window, version=v)
-                n = sum(counts.values())
+                counts, _ = self.book.window(pr.app, window, version=v)
+                n, errors = self.book.counted(pr.app, v, window)
                 versions.append(VersionLoad(
                     version=v, weight=w,
                     ready=sum(lv.state == "ready" and lv.version == v for lv in lvs),
