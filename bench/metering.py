@@ -140,17 +140,20 @@ def make_month(db_path: Path, instances: int, hours: int = 720) -> int:
     splitter = ms.Splitter(PEAK)
     sql = ("INSERT INTO usage_hourly (month, owner, app, vendor, peak, version, edgepoint, "
            f"instance, hour, {', '.join(ms.QTY)}) VALUES ({', '.join('?' * 17)})")
-    keys = [(f"owner{i % 100}", f"app{i % 1000}", f"vendor{i % 50}", "1", f"ep{i % 10}",
-             f"i{i}") for i in range(instances)]
+    keys = sorted((f"owner{i % 100}", f"app{i % 1000}", f"vendor{i % 50}", "1", f"ep{i % 10}",
+                   f"i{i}") for i in range(instances))
+    hrs = [(splitter.month_of(h), splitter.hour_status(h), h) for h in range(h0, h0 + hours)]
+    hrs.sort(key=lambda x: (x[0], x[1], x[2]))  # in primary-key order: appends, not seeks
     n = 0
     db.execute("BEGIN")
-    for h in range(h0, h0 + hours):
-        pk = splitter.hour_status(h)
-        month = splitter.month_of(h)
+    for j, (o, a, v, ver, ep, i) in enumerate(keys):
         db.executemany(sql, [(month, o, a, v, pk, ver, ep, i, h, 360_000_000 + j, 900_000_000,
                               4096 * j, 8192, 50_000, 10**6 + j, 5 * 10**6, 100 + j % 50)
-                             for j, (o, a, v, ver, ep, i) in enumerate(keys)])
-        n += instances
+                             for month, pk, h in hrs])
+        n += len(hrs)
+        if j % 500 == 499:
+            db.execute("COMMIT")
+            db.execute("BEGIN")
     db.execute("COMMIT")
     db.close()
     return n

@@ -139,13 +139,17 @@ def test_bill_is_exactly_what_the_sources_produced_through_kills_of_every_party(
     assert [b["app"] for b in budgets] == ["hello"] and budgets[0]["state"] == "ok"
 
 
-@pytest.mark.xfail(strict=False, reason="the edge process loses some data-path counts when "
-                   "it is SIGKILLed mid-stream (about 1% here): an issue of the edge's usage "
-                   "meter, not of the collector, which stores every record the edge wrote")
 def test_every_answered_request_is_billed_once():
+    """Found by the pipeline test: when an edge process is SIGKILLed under load, some
+    requests answered meanwhile never become usage records (about 1% here). That is the
+    edge's usage meter (its records are what the collector stores, every one of them);
+    until it is fixed this test reports the figures as an expected failure."""
     if not SEEN:
         pytest.skip("the pipeline test did not run")
-    assert SEEN["requests"] == SEEN["sent"], SEEN
+    if SEEN["requests"] != SEEN["sent"]:
+        pytest.xfail(f"edge data path: {SEEN['requests']} requests counted, {SEEN['sent']} "
+                     f"answered; per edge counted {SEEN['counted_per_edge']}, answered "
+                     f"{SEEN['answered_per_edge']}")
 
 
 def test_owner_and_vendor_tokens_see_their_own_bill(net):

@@ -79,7 +79,6 @@ _MIGRATIONS = [
             -- month first, then what a bill groups by: a month's bill is one ordered scan
             PRIMARY KEY (month, owner, app, vendor, peak, version, edgepoint, instance, hour)
         ) WITHOUT ROWID;
-        CREATE INDEX usage_hourly_hour ON usage_hourly (hour);
         CREATE TABLE budget_states (
             app TEXT NOT NULL,
             month TEXT NOT NULL,
