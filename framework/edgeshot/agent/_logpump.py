@@ -42,6 +42,7 @@ KEEP = 3
 MAX_FDS = 16
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 SOCK_NAME = ".pump.sock"
+CAPS = ("add", "relay")  # what this pump does (a newer agent may meet an older pump)
 LOCK_NAME = ".pump.lock"
 
 
@@ -123,9 +124,13 @@ def serve(sock_path: Path, lock_path: Path, ready_fd: int) -> int:
     clients = 0
     pipes = 0
     while True:
-        for key, _ in sel.select(timeout=None if clients or pipes else 0.05):
+        timeout = (NUDGE_S if any(r.release_at is not None for r in _RELAYS) else
+                   None if clients or pipes or _RELAYS else 0.05)
+        for key, _ in sel.select(timeout=timeout):
             kind = key.data[0]
-            if kind == "pipe":
+            if kind == "relay":
+                key.data[1].ready(key.fileobj)
+            elif kind == "pipe":
                 _drain(sel, key)
                 if key.fd not in sel.get_map():
                     pipes -= 1
@@ -146,7 +151,10 @@ def serve(sock_path: Path, lock_path: Path, ready_fd: int) -> int:
                     clients -= 1
                 else:
                     pipes += added
-        if not clients and not pipes:
+        now = time.monotonic()
+        for relay in list(_RELAYS):
+            relay.tick(now)
+        if not clients and not pipes and not _RELAYS:
             done, conn = _may_exit(lsock, lock_path)
             if conn is not None and _trusted(conn):
                 sel.register(conn, selectors.EVENT_READ, ("client", conn))
@@ -214,7 +222,21 @@ def _client_message(sel: selectors.BaseSelector, conn: socket.socket) -> int | N
     except (ValueError, KeyError, TypeError):
         op = None
     added = 0
-    if op == "add":
+    if op == "relay":
+        try:
+            if len(fds) != 2:
+                raise ValueError("a relay takes a listening socket and the daemon's")
+            _Relay(sel, socket.socket(fileno=fds[0]), socket.socket(fileno=fds[1]),
+                   float(req.get("hold_s", 1.0)))
+            reply = {"ok": True, "pid": os.getpid()}
+        except (OSError, ValueError, TypeError) as exc:
+            for fd in fds:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            reply = {"ok": False, "error": str(exc)}
+    elif op == "add":
         try:
             added = _add(sel, Path(req["dir"]), list(req["names"]), list(fds))
             reply = {"ok": True, "pid": os.getpid()}
@@ -226,7 +248,8 @@ def _client_message(sel: selectors.BaseSelector, conn: socket.socket) -> int | N
         for fd in fds:
             os.close(fd)
         pipes = sum(1 for k in sel.get_map().values() if k.data[0] == "pipe")
-        reply = {"ok": op == "status", "pid": os.getpid(), "pipes": pipes}
+        reply = {"ok": op == "status", "pid": os.getpid(), "pipes": pipes,
+                 "caps": list(CAPS), "relays": len(_RELAYS)}
     try:
         conn.send(json.dumps(reply).encode())
     except OSError:
@@ -247,6 +270,114 @@ def _add(sel: selectors.BaseSelector, log_dir: Path, names: list[str], fds: list
     return len(fds)
 
 
+# -- lazy restores: the background push deferred ---------------------------------------
+LAZY_PAGES_RESTORE_FINISHED = 0x52535446  # CRIU's "ReSTore Finished" word (criu/uffd.c)
+UFFDIO_WAKE = 0x8010AA02  # _IOR(0xAA, 2, struct uffdio_range)
+_WAKE_ALL = struct.pack("QQ", 0x10000, (1 << 47) - 0x1000 - 0x10000)
+NUDGE_S = 0.002
+_RELAYS: list[_Relay] = []
+
+
+class _Relay:
+    """Between ``criu restore --lazy-pages`` and CRIU's lazy-pages daemon: everything is
+    passed through, except that the "restore finished" word is held back for ``hold_s``.
+
+    The daemon pushes every page the restore left lazy as soon as it hears that word;
+    held back, it serves the first requests' page faults only, and the push (tens to
+    hundreds of ms of CPU for large images) comes after them. While holding, a page fault
+    whose copy the kernel refused with EAGAIN (it raced an munmap in the app), which the
+    daemon leaves for the push to redo, is re-raised every NUDGE_S by waking the
+    faulting threads (UFFDIO_WAKE on copies of the tasks' userfaultfds). The relay lives
+    in the resident pump, not in the agent: a restarted agent leaves it working.
+    """
+
+    def __init__(self, sel: selectors.BaseSelector, listen: socket.socket,
+                 daemon: socket.socket, hold_s: float) -> None:
+        self.sel, self.listen, self.daemon, self.hold_s = sel, listen, daemon, hold_s
+        self.conn: socket.socket | None = None
+        self.uffds: list[int] = []
+        self.release_at: float | None = None
+        for sock in (listen, daemon):
+            sock.setblocking(True)
+        sel.register(listen, selectors.EVENT_READ, ("relay", self))
+        _RELAYS.append(self)
+
+    def ready(self, sock) -> None:
+        try:
+            if sock is self.listen:
+                self.conn, _ = self.listen.accept()
+                self.sel.unregister(self.listen)
+                self.listen.close()
+                self.sel.register(self.conn, selectors.EVENT_READ, ("relay", self))
+            else:
+                self._step()
+        except OSError:
+            self.close()
+
+    def _step(self) -> None:
+        assert self.conn is not None
+        word = self.conn.recv(4, socket.MSG_WAITALL)
+        if len(word) < 4:  # criu restore is done with the socket
+            self.sel.unregister(self.conn)
+            self.conn.close()
+            self.conn = None
+            if self.release_at is None:
+                self.close()  # no "finished": the restore failed, the daemon may go
+            return
+        (val,) = struct.unpack("i", word)
+        if val == LAZY_PAGES_RESTORE_FINISHED:
+            self.release_at = time.monotonic() + self.hold_s
+            return
+        self.daemon.sendall(word)
+        if val <= 0:
+            return  # a zombie: no userfaultfd follows
+        data, anc, _, _ = self.conn.recvmsg(1, socket.CMSG_SPACE(4))
+        fds = [fd for lvl, typ, raw in anc
+               if lvl == socket.SOL_SOCKET and typ == socket.SCM_RIGHTS
+               for fd in struct.unpack(f"{len(raw) // 4}i", raw)]
+        try:
+            self.daemon.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                          struct.pack(f"{len(fds)}i", *fds))])
+            self.uffds += fds  # kept for the nudges
+        except OSError:
+            for fd in fds:
+                os.close(fd)
+            raise
+
+    def tick(self, now: float) -> None:
+        if self.release_at is None:
+            return
+        if now >= self.release_at:
+            try:
+                self.daemon.sendall(struct.pack("I", LAZY_PAGES_RESTORE_FINISHED))
+            except OSError:
+                pass
+            self.close()
+            return
+        for fd in self.uffds:
+            try:
+                fcntl.ioctl(fd, UFFDIO_WAKE, _WAKE_ALL)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        for sock in (self.conn, self.listen):
+            if sock is not None and sock.fileno() >= 0:
+                try:
+                    self.sel.unregister(sock)
+                except (KeyError, ValueError):
+                    pass
+                sock.close()
+        self.conn = None
+        self.daemon.close()
+        for fd in self.uffds:
+            os.close(fd)
+        self.uffds = []
+        self.release_at = None
+        if self in _RELAYS:
+            _RELAYS.remove(self)
+
+
 # -- the agent's side -------------------------------------------------------------------
 class PumpError(RuntimeError):
     pass
@@ -260,6 +391,8 @@ class PumpClient:
         self.sock: socket.socket | None = None
         self.pid: int | None = None
         self._lock = threading.Lock()
+        self._caps: set[str] = set()
+        self._caps_of: socket.socket | None = None  # the connection _caps were asked on
 
     def _connect(self) -> socket.socket:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -354,6 +487,26 @@ class PumpClient:
                 pass  # the first pod connects (and reports) itself
 
         threading.Thread(target=connect, name="edgeshot-pump-connect", daemon=True).start()
+
+    def can(self, cap: str) -> bool:
+        """Whether the pump this process talks to does ``cap`` (asked once per pump)."""
+        try:
+            with self._lock:
+                if self.sock is None or self._caps_of is not self.sock:
+                    out = self._request({"op": "status"})
+                    self._caps, self._caps_of = set(out.get("caps", ())), self.sock
+                return cap in self._caps
+        except OSError:
+            return False
+
+    def relay(self, listen: socket.socket, daemon: socket.socket, hold_s: float) -> None:
+        """Have the pump relay a lazy restore's socket to its lazy-pages daemon, holding
+        the daemon's background push back for ``hold_s`` (see ``_Relay``)."""
+        with self._lock:
+            out = self._request({"op": "relay", "hold_s": hold_s},
+                                [listen.fileno(), daemon.fileno()])
+        if not out.get("ok"):
+            raise PumpError(f"log pump refused the relay: {out.get('error')}")
 
     def status(self) -> dict:
         with self._lock:

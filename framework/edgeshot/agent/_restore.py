@@ -15,12 +15,13 @@ import fcntl
 import hashlib
 import os
 import signal
+import socket
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from . import _criu, _package, _workingset
+from . import _criu, _logpump, _package, _workingset
 from ._capture import IMAGES, RESTORE_META, SOURCE, RestoreMeta
 from ._kits import set_nice
 from ._models import Instance
@@ -52,7 +53,7 @@ def ensure_source(appshot_dir: Path, meta: RestoreMeta) -> None:
 def restore(appshot_dir: Path, manifest: _package.Manifest | None, state_dir: Path,
             pool: SlotPool, *, lazy: bool = False, origin: str = "appshot",
             record_faults: bool = False, steps: Steps | None = None,
-            nice: int | None = None) -> Instance:
+            nice: int | None = None, push_delay_s: float = 0.0) -> Instance:
     """Restore a *verified* appshot dir into a new pod; returns when it is healthy.
 
     ``record_faults`` (capture only): the restore is served by a ``FaultRecorder`` instead
@@ -60,7 +61,9 @@ def restore(appshot_dir: Path, manifest: _package.Manifest | None, state_dir: Pa
     until ``finish_recording`` (the working set).
     ``steps`` (optional) already holds the caller's steps (verification). ``nice``: the
     CPU priority of CRIU (and the lazy-pages daemon) while it restores; the restored tasks
-    get their own back from the images."""
+    get their own back from the images. ``push_delay_s`` (lazy): how long the lazy-pages
+    daemon serves page faults only before it pushes the remaining pages (the resident log
+    pump relays its socket and holds the "restore finished" word back, see _logpump)."""
     steps = steps or Steps()
     meta = read_meta(appshot_dir)
     ensure_source(appshot_dir, meta)
@@ -77,9 +80,13 @@ def restore(appshot_dir: Path, manifest: _package.Manifest | None, state_dir: Pa
         if record_faults:
             recorder = _workingset.FaultRecorder(work / "lazy-pages.socket", images)
         elif lazy:  # started first: it reads the images while slot, cgroup and pipes are made
+            if push_delay_s > 0 and not _logpump.client(Path(state_dir) / "logs").can("relay"):
+                push_delay_s = 0.0  # a pump from before relays: no delay
+            lazy_work = work / "lazy" if push_delay_s > 0 else work
+            lazy_work.mkdir(exist_ok=True, mode=0o700)
             ready, status_w = os.pipe()
             try:
-                lazy_proc = _criu.popen("lazy-pages", ["-D", str(images), "-W", str(work),
+                lazy_proc = _criu.popen("lazy-pages", ["-D", str(images), "-W", str(lazy_work),
                                                        "--status-fd", str(status_w)],
                                         log_file=work / "lazy-pages.log", pass_fds=(status_w,))
                 if nice is not None:  # it serves the first requests' faults
@@ -100,6 +107,8 @@ def restore(appshot_dir: Path, manifest: _package.Manifest | None, state_dir: Pa
             args += ["--network-lock", "skip"]  # nothing to freeze: the slot is fresh
         if lazy_proc is not None:
             _wait_ready(ready, lazy_proc, work)
+            if push_delay_s > 0:
+                _relay(work, lazy_work, state_dir, push_delay_s)
             steps("lazy-pages ready")
         if lazy or record_faults:
             args.append("--lazy-pages")
@@ -168,6 +177,28 @@ def _ghost_lock(images: Path, state_dir: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def _relay(work: Path, lazy_work: Path, state_dir: Path, hold_s: float) -> None:
+    """Put the pump between this restore and its lazy-pages daemon (``_logpump._Relay``):
+    listen where ``criu restore`` looks for the daemon, connect to the daemon, hand both
+    over. The daemon accepts its one connection now and waits for the restore's tasks."""
+    listen = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    daemon = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        for sock, path, op in ((listen, work / "lazy-pages.socket", "bind"),
+                               (daemon, lazy_work / "lazy-pages.socket", "connect")):
+            addr, dfd = _logpump._sock_addr(path)
+            try:
+                getattr(sock, op)(addr)
+            finally:
+                if dfd is not None:
+                    os.close(dfd)
+        listen.listen(1)
+        _logpump.client(Path(state_dir) / "logs").relay(listen, daemon, hold_s)
+    finally:
+        listen.close()
+        daemon.close()
 
 
 def _wait_ready(fd: int, proc: subprocess.Popen[bytes], work: Path,

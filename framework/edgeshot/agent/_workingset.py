@@ -113,35 +113,59 @@ def faults_from_log(log_text: str) -> dict[int, set[int]]:
     return dict(out)
 
 
-def mark_eager(images: Path, faults: dict[int, set[int]]) -> dict[str, list[tuple[int, int]]]:
-    """Clear PE_LAZY on the faulted pages; return the working set as runs per pid."""
+GAP = 0  # cold runs of at most this many pages between or beside hot ones are read too
+
+
+def mark_eager(images: Path, faults: dict[int, set[int]], *,
+               gap: int = GAP) -> dict[str, list[tuple[int, int]]]:
+    """Clear PE_LAZY on the faulted pages; return the working set as runs per pid.
+
+    Short cold runs (``gap`` pages or fewer) between or beside hot pages of one entry are
+    marked too: a few more pages read at restore, far fewer pagemap entries (CRIU's
+    lazy-pages daemon seeks its pagemap linearly for every request it serves)."""
     ws: dict[str, list[tuple[int, int]]] = {}
     for pid, pages in sorted(faults.items()):
         path = images / f"pagemap-{pid}.img"
         if not path.exists() or not pages:
             continue
+        hot_pages = sorted(pages)
         header, head, entries = read_pagemap(path)
         out: list[dict[int, int]] = []
         runs: list[tuple[int, int]] = []
         for e in entries:
             flags, start, n = e.get(4, 0), e[1], _nr(e)
-            if not flags & PE_LAZY or not any(start <= p < start + n * PAGE for p in pages):
+            end = start + n * PAGE
+            i = bisect.bisect_left(hot_pages, start)
+            if not flags & PE_LAZY or i == len(hot_pages) or hot_pages[i] >= end:
                 out.append(e)
                 continue
-            # split into maximal runs of equal "hot" state
-            run_start, run_hot = 0, (start in pages)
+            hot = [False] * n
+            while i < len(hot_pages) and hot_pages[i] < end:
+                hot[(hot_pages[i] - start) // PAGE] = True
+                i += 1
+            k = 0  # fill short cold runs: between hot pages, or at the entry's edges
+            while k < n:
+                if hot[k]:
+                    k += 1
+                    continue
+                j = k
+                while j < n and not hot[j]:
+                    j += 1
+                if j - k <= gap and (k > 0 or j < n):
+                    hot[k:j] = [True] * (j - k)
+                k = j
+            run_start = 0
             for k in range(1, n + 1):
-                hot = k < n and (start + k * PAGE) in pages
-                if k == n or hot != run_hot:
+                if k == n or hot[k] != hot[run_start]:
                     piece = dict(e)
                     piece[1] = start + run_start * PAGE
                     piece[5] = k - run_start
                     piece[2] = 0
-                    piece[4] = flags & ~PE_LAZY if run_hot else flags
+                    piece[4] = flags & ~PE_LAZY if hot[run_start] else flags
                     out.append(piece)
-                    if run_hot:
+                    if hot[run_start]:
                         runs.append((piece[1], k - run_start))
-                    run_start, run_hot = k, hot
+                    run_start = k
         write_pagemap(path, header, head, out)
         if runs:
             ws[str(pid)] = runs

@@ -49,6 +49,9 @@ class Host(BaseModel):
     # server busy with running pods); restored tasks get their own priority back. None:
     # inherit the agent's.
     restore_nice: int | None = -10
+    # lazy restores: the lazy-pages daemon serves page faults only for this long before
+    # it pushes the pages the working set left out (off the first requests' path)
+    lazy_push_delay_s: float = 1.0
 
     def pool(self) -> SlotPool | None:
         """The slot pool (created on first use); None without root: no namespaces."""
@@ -217,7 +220,8 @@ def restore(appshot: Path, host: Host = Host(), *, trust: TrustStore | None = No
     pool = host.pool()
     assert pool is not None
     return _restore.restore(Path(appshot), manifest, host.state_dir, pool, lazy=lazy,
-                            origin=manifest.kind, steps=steps, nice=host.restore_nice)
+                            origin=manifest.kind, steps=steps, nice=host.restore_nice,
+                            push_delay_s=host.lazy_push_delay_s)
 
 
 def snapshot(inst: Instance, host: Host = Host(), dest: Path | None = None) -> Path:
