@@ -224,7 +224,7 @@ class DeploymentCenter:
                 if extra:
                     scaling = placement["scaling"]
                     scaling["min"] = max(scaling["min"], len(versions))
-                    scaling["max"] = max(scaling["max"], scaling["min"])
+                    scaling["max"] = max(scaling["max"] + extra, scaling["min"])
                 out.append(PlacementOrder(
                     id=p.id, app=app, edgepoint=edgepoint,
                     global_share=shares[p.edgepoint] + extra if shares[p.edgepoint] else 0,
