@@ -425,7 +425,7 @@ async def _show(opts: DemoOptions, console: Console, ctl: ControllerClient, net:
             dep = await ctl.deploy(app.name, plan=broken.model_dump(mode="json"),
                                    canary=opts.canary, source_dir=str(src_dir))
             t_rolled = None
-            canary_end = time.monotonic() + max(0.35 * D, 30.0)
+            canary_end = time.monotonic() + max(0.35 * D, 60.0)
             while time.monotonic() < canary_end:
                 await refresh(phase)
                 show.update(view)
