@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-pytestmark = pytest.mark.root
+# The first test brings the lab up and configures it (minutes on a busy machine).
+pytestmark = [pytest.mark.root, pytest.mark.timeout(1200)]
 
 
 @pytest.fixture(scope="module")

@@ -277,6 +277,9 @@ def test_configuration_resource_inputs_under_mocks(plan, inv):
         def call(self, args):
             return {}
 
+    import asyncio
+    loop = asyncio.new_event_loop()  # pulumi's test helper runs on the current loop
+    asyncio.set_event_loop(loop)
     mocks = Mocks()
     pulumi.runtime.set_mocks(mocks, preview=False)
     try:
@@ -302,6 +305,8 @@ def test_configuration_resource_inputs_under_mocks(plan, inv):
         check()
     finally:
         pulumi.runtime.settings.reset_options()
+        asyncio.set_event_loop(None)
+        loop.close()
 
 
 # -- the appshot installer (runs on servers) ------------------------------------------------

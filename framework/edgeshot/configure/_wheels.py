@@ -23,7 +23,7 @@ def source_tree() -> Path:
 
 def build_wheelhouse(dest: str | os.PathLike[str], project: str | os.PathLike[str] | None = None,
                      *, python: str = sys.executable) -> Path:
-    """Fill ``dest`` with a fresh edgeshot wheel and wheels of its dependencies.
+    """Fill ``dest`` with a fresh edgeshot wheel, wheels of its dependencies and pip's.
 
     Dependencies already in ``dest`` are reused without asking any index; only what is
     missing is downloaded (``pip wheel``, from the configured index).
@@ -36,10 +36,12 @@ def build_wheelhouse(dest: str | os.PathLike[str], project: str | os.PathLike[st
     base = [python, "-m", "pip", "wheel", "-q", "--disable-pip-version-check",
             "--wheel-dir", str(dest), "--find-links", str(dest)]
     # Offline first: the build backend from this environment, dependencies from ``dest``.
-    offline = subprocess.run([*base, "--no-index", "--no-build-isolation", src],
-                             capture_output=True, text=True)
-    if offline.returncode != 0:
-        online = subprocess.run([*base, src], capture_output=True, text=True)
-        if online.returncode != 0:
-            raise RuntimeError(f"pip wheel {src} failed:\n{online.stderr[-3000:]}")
+    # pip itself too: servers then need no python3-venv/ensurepip (venv --without-pip).
+    for what in ([src], ["pip"]):
+        offline = subprocess.run([*base, "--no-index", "--no-build-isolation", *what],
+                                 capture_output=True, text=True)
+        if offline.returncode != 0:
+            online = subprocess.run([*base, *what], capture_output=True, text=True)
+            if online.returncode != 0:
+                raise RuntimeError(f"pip wheel {' '.join(what)} failed:\n{online.stderr[-3000:]}")
     return dest
