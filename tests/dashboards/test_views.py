@@ -138,11 +138,13 @@ def test_noc_view_totals_and_errors_per_edgepoint():
         agents=[V.AgentNow("eu-1", "eu", True, slots_total=4, slots_free=2),
                 V.AgentNow("us-1", "us", False)],
         errors=[V.ErrorRow(m, "eu", "http-5xx", 3), V.ErrorRow(m, "eu", "connection", 1),
+                V.ErrorRow(m, "eu", "stage-connection", 40),
                 V.ErrorRow(p.start - 10, "eu", "http-5xx", 100)],
         latency=[V.LatencyRow("eu", m, "shop", "1.0", 10, 3, hist(1))],
         churn=[V.ChurnRow(m, "eu", "shop", "1.0", "snapshot", 1)])
     eu, us = v["edgepoints"]
     assert eu["haproxy_errors"] == {"connection": 1, "http-5xx": 3}
+    assert eu["staging_errors"] == 40
     assert eu["logged"] == {"requests": 10, "errors": 3}
     assert eu["slots_used"] == 2 and eu["instances"]["snapshotted"] == 1
     assert eu["churn"]["snapshots"] == 1
@@ -193,11 +195,18 @@ edgeshot_edge_restores_total{app="shop",version="1.0",edgepoint="eu",owner="acme
 edgeshot_edge_suspends_total{app="shop",version="1.0",edgepoint="eu",owner="acme",reason="idle",kept="true"} 4.0
 edgeshot_edge_suspends_total{app="shop",version="1.0",edgepoint="eu",owner="acme",reason="idle",kept="false"} 1.0
 # TYPE haproxy_frontend_http_responses_total counter
-haproxy_frontend_http_responses_total{proxy="edgeshot.http",code="5xx"} 7
-haproxy_frontend_http_responses_total{proxy="edgeshot.http",code="2xx"} 70
+haproxy_frontend_http_responses_total{proxy="edgeshot.http",code="5xx"} 99
+# TYPE haproxy_backend_http_responses_total counter
+haproxy_backend_http_responses_total{proxy="shop",code="5xx"} 4
+haproxy_backend_http_responses_total{proxy="blog",code="5xx"} 3
+haproxy_backend_http_responses_total{proxy="shop",code="2xx"} 70
+haproxy_backend_http_responses_total{proxy="shop.origin",code="5xx"} 50
+haproxy_backend_http_responses_total{proxy="shop.stage",code="5xx"} 8
+haproxy_backend_http_responses_total{proxy="edgeshot.unknown",code="5xx"} 9
 # TYPE haproxy_backend_connection_errors_total counter
 haproxy_backend_connection_errors_total{proxy="shop"} 2
 haproxy_backend_connection_errors_total{proxy="blog"} 1
+haproxy_backend_connection_errors_total{proxy="shop.stage"} 5
 """
 
 
@@ -205,7 +214,8 @@ def test_counters_from_an_edges_metrics_and_their_deltas():
     c = counters_from_metrics(METRICS)
     assert c == {"churn|shop|1.0|restore": 5.0, "churn|shop|1.0|restore-failed": 1.0,
                  "churn|shop|1.0|snapshot": 4.0, "churn|shop|1.0|stop": 1.0,
-                 "error|http-5xx": 7.0, "error|connection": 3.0}
+                 "error|http-5xx": 7.0, "error|connection": 3.0,
+                 "error|stage-http-5xx": 8.0, "error|stage-connection": 5.0}
     assert deltas({}, c) == c  # first sight: everything since the edge started
     later = {**c, "churn|shop|1.0|restore": 6.0, "error|http-5xx": 2.0}
     # a counter that went down started again (an HAProxy reload): counted from zero

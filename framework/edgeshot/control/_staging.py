@@ -513,3 +513,86 @@ def stage_command(client: Any, app: str, *, version: str | None, plan: dict[str,
     except ControllerError as exc:
         out.print(f"[red]error:[/] {escape(str(exc))}", highlight=False)
         return 1
+
+
+# ---------------------------------------------------------------------- the demo
+
+SLOW_WEB = '''"""The shop's web tier, slowed down: every /catalog takes {delay_ms} ms more (a version
+that must not reach the public: its load test fails at staging)."""
+import time
+
+import web
+
+_catalog = web.Handler.catalog
+
+
+def catalog(self):
+    time.sleep({delay_s})
+    _catalog(self)
+
+
+web.Handler.catalog = catalog
+
+if __name__ == "__main__":
+    web.main()
+'''
+
+
+async def demo_stage_step(ctl: Any, app: AppPlan, spec: Any, workdir: Path,
+                          say: Any = print, delay_ms: int = 300,
+                          duration_s: int = 15) -> tuple[str, bool, str, bool]:
+    """`edgeshot demo`'s staging step: a slowed-down version of the app is staged, its
+    declared load test (shortened to `duration_s`) fails, and the rollout is refused.
+    Returns a check: (name, ok, detail, gating)."""
+    import shutil
+
+    from .client import ControllerError
+
+    name = "a slow version is stopped at staging"
+    declared = spec.application(app.name).load_test
+    src = (Path(spec.base_dir) / app.source).resolve()
+    entry = next((t for t in app.tiers if t.entry), app.tiers[0])
+    if declared is None or not (src / "web.py").exists() or entry.command[-1] != "web.py":
+        return name, False, f"{app.name} declares no load test (or has no web.py)", False
+    dest = workdir / f"{app.name}-slow"
+    if dest.exists():
+        shutil.rmtree(dest)
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    (dest / "slow_web.py").write_text(SLOW_WEB.format(delay_ms=delay_ms,
+                                                      delay_s=delay_ms / 1000))
+    tiers = tuple(t.model_copy(update={"command": (*t.command[:-1], "slow_web.py")})
+                  if t is entry else t for t in app.tiers)
+    slow = app.model_copy(update={"version": f"{app.version}-slow", "tiers": tiers})
+    lt = declared.model_copy(update={"duration_s": min(declared.duration_s, duration_s)})
+    try:
+        say(f"  staging {slow.version} (every /catalog {delay_ms} ms slower) and running its "
+            f"load test ({lt.users} users, {lt.duration_s} s)…")
+        await ctl.stage(app.name, plan=slow.model_dump(mode="json"), source_dir=str(dest),
+                        load_test=lt.model_dump(mode="json"))
+        deadline = time.monotonic() + lt.duration_s + 120
+        test = None
+        while time.monotonic() < deadline:
+            tests = [t for t in (await ctl.staging(app.name))["capacity_tests"]
+                     if t["version"] == slow.version]
+            if tests and tests[-1]["state"] != "running":
+                test = tests[-1]
+                break
+            await asyncio.sleep(1.0)
+        if test is None:
+            return name, False, f"{slow.version}: the load test did not end in time", True
+        reasons = "; ".join((test["result"] or {}).get("reasons", []))
+        try:
+            await ctl.deploy(app.name, version=slow.version)
+            refused = None
+        except ControllerError as exc:
+            refused = str(exc)
+        ok = test["state"] == "failed" and refused is not None
+        detail = (f"{slow.version}: load test {test['state']} ({reasons}); rollout "
+                  + (f"refused: {refused}" if refused else "NOT refused"))
+        say(f"  {detail}")
+        return name, ok, detail, True
+    except ControllerError as exc:
+        return name, False, f"staging {slow.version} failed: {exc}", True
+    finally:
+        with contextlib.suppress(Exception):
+            await ctl.unstage(app.name)

@@ -452,6 +452,10 @@ async def _show(opts: DemoOptions, console: Console, ctl: ControllerClient, net:
                 await refresh(phase)
                 show.update(view)
                 await asyncio.sleep(0.5)
+        # a version that fails its load test is stopped at staging (control/_staging.py)
+        from ._staging import demo_stage_step
+        result.checks.append(Check(*await demo_stage_step(ctl, app, spec, state / "demo-src",
+                                                          show.note)))
         after_canary = load_proc.snapshot()
         # 3. users leave: scale to zero
         phase = "3/3 users leave: scale to zero"

@@ -9,8 +9,9 @@ A collector task (started with the controller's API) keeps, every ``interval_s``
 * a sample of every edgepoint's health, load and slots and of the instances per app
   (from the controller's latest edge reports: no extra call), rolled up per hour;
 * instance churn (restores, failed restores, snapshots, stops) and HAProxy's error
-  counters from each edge's ``/metrics`` (the edge's own counters and HAProxy's
-  Prometheus exporter), stored as deltas: a counter that went down started again
+  counters of the apps' backends (5xx answers, connection and response errors, retries,
+  redispatches; a staged version's under ``stage-…``) from each edge's ``/metrics`` (the
+  edge's own counters and HAProxy's Prometheus exporter), stored as deltas: a counter that went down started again
   (an edge restart, an HAProxy reload) and counts from zero. The last values are kept
   in the store, so a restarted controller does not count them twice.
 
@@ -141,16 +142,21 @@ def counters_from_metrics(text: str) -> dict[str, float]:
             elif name == "edgeshot_edge_suspends_total":
                 kind = "snapshot" if lab.get("kept") == "true" else "stop"
                 out[f"churn|{lab.get('app', '')}|{lab.get('version', '')}|{kind}"] += v
-            elif name == "haproxy_frontend_http_responses_total" and lab.get("code") == "5xx":
-                out["error|http-5xx"] += v
-            elif name == "haproxy_backend_connection_errors_total":
-                out["error|connection"] += v
-            elif name == "haproxy_backend_response_errors_total":
-                out["error|response"] += v
-            elif name == "haproxy_backend_retry_warnings_total":
-                out["error|retry"] += v
-            elif name == "haproxy_backend_redispatch_warnings_total":
-                out["error|redispatch"] += v
+            elif name.startswith("haproxy_backend_"):
+                proxy = lab.get("proxy", "")
+                if proxy.startswith("edgeshot.") or proxy.endswith(".origin"):
+                    continue  # HAProxy's own refusals; the provider's origin's answers
+                # a staged version's load test is not the public's experience: apart
+                stage = "stage-" if proxy.endswith(".stage") else ""
+                kind = {"haproxy_backend_connection_errors_total": "connection",
+                        "haproxy_backend_response_errors_total": "response",
+                        "haproxy_backend_retry_warnings_total": "retry",
+                        "haproxy_backend_redispatch_warnings_total": "redispatch",
+                        }.get(name)
+                if name == "haproxy_backend_http_responses_total" and lab.get("code") == "5xx":
+                    kind = "http-5xx"
+                if kind is not None:
+                    out[f"error|{stage}{kind}"] += v
     return dict(out)
 
 

@@ -552,7 +552,8 @@ def noc_view(*, p: Period, edges: Sequence[EdgeNow], agents: Sequence[AgentNow],
         if b is None:
             continue
         err_tot[e.edgepoint][e.kind] += e.n
-        err_series[e.edgepoint][b] += e.n
+        if not e.kind.startswith("stage-"):  # a staged version's load test: apart
+            err_series[e.edgepoint][b] += e.n
     logged: dict[str, dict[str, int]] = defaultdict(lambda: {"requests": 0, "errors": 0})
     for r in latency:
         if p.bucket(r.minute) is None:
@@ -571,7 +572,10 @@ def noc_view(*, p: Period, edges: Sequence[EdgeNow], agents: Sequence[AgentNow],
             "slots_used": e.slots_total - e.slots_free, "instances": now,
             "apps": sorted(e.apps), "churn": {k: ch[k] for k in ("restores", "restore_failures",
                                                                   "snapshots", "stops")},
-            "haproxy_errors": dict(sorted(err_tot[e.name].items())),
+            "haproxy_errors": {k: v for k, v in sorted(err_tot[e.name].items())
+                               if not k.startswith("stage-")},
+            "staging_errors": sum(v for k, v in err_tot[e.name].items()
+                                  if k.startswith("stage-")),
             "logged": dict(logged[e.name]),
         })
     charts = {
