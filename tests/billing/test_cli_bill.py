@@ -53,7 +53,7 @@ def run(*args: str) -> str:
     app.command("noop")(lambda: None)  # a group, so that `bill` is a subcommand
     res = CliRunner().invoke(app, ["bill", *args])
     assert res.exit_code == 0, res.output
-    return res.output
+    return res.stdout  # (the note that the network is down goes to stderr)
 
 
 def test_json_bill_from_the_store_when_the_network_is_down(state):
@@ -93,3 +93,17 @@ def test_a_bad_month_is_refused(state):
     app.command("noop")(lambda: None)
     res = CliRunner().invoke(app, ["bill", "--month", "2026-13", "--state", str(state)])
     assert res.exit_code == 1 and "YYYY-MM" in res.output
+
+
+@pytest.mark.parametrize(("budget", "want"), [
+    (None, "—"),
+    ({"used": 0.41, "limit": "100", "currency": "EUR", "forecast": "95.20", "state": "ok",
+      "ceiling": 4}, "41% of 100 EUR, forecast 95.20"),
+    ({"used": 0.85, "limit": "100", "currency": "EUR", "forecast": "130.00",
+      "state": "warning", "ceiling": 2}, "[yellow]warning: 85% of 100 EUR"),
+    ({"used": 1.02, "limit": "100", "currency": "EUR", "forecast": "140.00",
+      "state": "exhausted", "ceiling": 1}, "held at 1 instance(s)"),
+])
+def test_budget_text_for_status(budget, want):
+    from edgeshot.cli.bill import budget_text
+    assert want in budget_text(budget)

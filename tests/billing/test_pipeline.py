@@ -48,6 +48,56 @@ def caught_up(n: Net, token: str) -> bool:
                                      for s in sources)
 
 
+def exactly_the_sources(n: Net) -> tuple[dict[str, list[tuple]], dict[str, int], list[tuple]]:
+    """The controller's store holds, per source, exactly seqs 1..cursor, each as the source
+    wrote it, and aggregates that are their sums to the unit. Returns what the sources
+    produced, the cursors, and the rows up to the cursors."""
+    db = n.controller_db()
+    try:
+        cursors = {s: c for s, c in db.execute("SELECT source, cursor FROM usage_sources")}
+        stored: dict[str, list[tuple]] = defaultdict(list)
+        for row in db.execute("SELECT * FROM usage_records ORDER BY source, seq"):
+            stored[row[0]].append(tuple(row[1:]))
+        hourly = db.execute(f"SELECT {', '.join(f'SUM({q})' for q in ms.QTY)} "
+                            "FROM usage_hourly").fetchone()
+    finally:
+        db.close()
+    produced = n.source_rows()
+    assert set(cursors) == set(produced) and len(produced) == 4
+    for source, rows in produced.items():
+        mine = [r for r in rows if r[0] <= cursors[source]]
+        # none lost, none twice: exactly seqs 1..cursor, each as the source wrote it
+        assert [r[0] for r in stored[source]] == list(range(1, cursors[source] + 1)), source
+        assert [r[0] for r in mine] == list(range(1, cursors[source] + 1)), source
+        for got, want in zip(stored[source], mine, strict=True):
+            assert got[:7] == want[:7] and got[9:] == want[9:], (source, got, want)
+            assert abs(got[7] - want[7]) < 1e-6 and abs(got[8] - want[8]) < 1e-6
+    all_rows = [r for s, rows in produced.items() for r in rows if r[0] <= cursors[s]]
+    # the aggregates are the records' sums, to the unit
+    assert list(hourly) == [sum(r[9 + i] for r in all_rows) for i in range(len(ms.QTY))]
+    return produced, cursors, all_rows
+
+
+def reference_bill(rows: list[tuple], month: str) -> billing.Bill:
+    """`billing.bill` over the sources' own records."""
+    return billing.bill([billing.Usage(
+        owner=r[4], vendor=r[5], app=r[2], start=datetime.fromtimestamp(r[7], UTC),
+        end=datetime.fromtimestamp(r[8], UTC),
+        cpu_seconds=Decimal(r[9]) / ms.MICRO, memory_gb_seconds=Decimal(r[10]) / ms.MICRO,
+        disk_read_bytes=r[11], disk_write_bytes=r[12], storage_gb_hours=Decimal(r[13]) / ms.MICRO,
+        net_in_bytes=r[14], net_out_bytes=r[15], requests=r[16]) for r in rows],
+        Pricing(**PRICES), month)
+
+
+def same_bill(got: dict, ref: billing.Bill) -> None:
+    lines = {(ln["owner"], ln["app"], ln["resource"]): ln for ln in got["lines"]}
+    assert lines.keys() == {(ln.owner, ln.app, ln.resource) for ln in ref.lines}
+    for ln in ref.lines:
+        g = lines[(ln.owner, ln.app, ln.resource)]
+        assert (Decimal(g["quantity"]), Decimal(g["amount"])) == (ln.quantity, ln.amount), ln
+    assert Decimal(got["total"]) == ref.total > 0
+
+
 def test_bill_is_exactly_what_the_sources_produced_through_kills_of_every_party(net):
     n = net
     op = n.net.token("operator")
@@ -74,31 +124,9 @@ def test_bill_is_exactly_what_the_sources_produced_through_kills_of_every_party(
     time.sleep(1.5)
     wait_for(lambda: caught_up(n, op), 60, "the collector caught up with every source")
 
-    db = n.controller_db()
-    try:
-        cursors = {s: c for s, c in db.execute("SELECT source, cursor FROM usage_sources")}
-        stored: dict[str, list[tuple]] = defaultdict(list)
-        for row in db.execute("SELECT * FROM usage_records ORDER BY source, seq"):
-            stored[row[0]].append(tuple(row[1:]))
-        hourly = db.execute(f"SELECT {', '.join(f'SUM({q})' for q in ms.QTY)} "
-                            "FROM usage_hourly").fetchone()
-    finally:
-        db.close()
-    produced = n.source_rows()
-    assert set(cursors) == set(produced) and len(produced) == 4
-    for source, rows in produced.items():
-        mine = [r for r in rows if r[0] <= cursors[source]]
-        # none lost, none twice: exactly seqs 1..cursor, each as the source wrote it
-        assert [r[0] for r in stored[source]] == list(range(1, cursors[source] + 1)), source
-        assert [r[0] for r in mine] == list(range(1, cursors[source] + 1)), source
-        for got, want in zip(stored[source], mine, strict=True):
-            assert got[:7] == want[:7] and got[9:] == want[9:], (source, got, want)
-            assert abs(got[7] - want[7]) < 1e-6 and abs(got[8] - want[8]) < 1e-6
+    produced, cursors, all_rows = exactly_the_sources(n)
     for ep in n.net.manifest.edges:  # no traffic any more: the edges' records are all in
         assert cursors[f"edge:{ep}"] == len(produced[f"edge:{ep}"]) > 0
-    # the aggregates are the records' sums, to the unit
-    all_rows = [r for s, rows in produced.items() for r in rows if r[0] <= cursors[s]]
-    assert list(hourly) == [sum(r[9 + i] for r in all_rows) for i in range(len(ms.QTY))]
     # the data path never counts a request twice (the exact count: the next test)
     requests = sum(r[16] for r in all_rows)
     assert requests <= sent + sum(traffic.failed.values()), (requests, sent, traffic.failed)
@@ -110,22 +138,8 @@ def test_bill_is_exactly_what_the_sources_produced_through_kills_of_every_party(
 
     # the bill (through the API) is the bill of those records
     got = get_json(url + "/v1/bill", op)
-    month = got["month"]
-    pricing = Pricing(**PRICES)
-    ref = billing.bill([billing.Usage(
-        owner=r[4], vendor=r[5], app=r[2],
-        start=datetime.fromtimestamp(r[7], UTC),
-        end=datetime.fromtimestamp(r[8], UTC),
-        cpu_seconds=Decimal(r[9]) / ms.MICRO, memory_gb_seconds=Decimal(r[10]) / ms.MICRO,
-        disk_read_bytes=r[11], disk_write_bytes=r[12], storage_gb_hours=Decimal(r[13]) / ms.MICRO,
-        net_in_bytes=r[14], net_out_bytes=r[15], requests=r[16]) for r in all_rows],
-        pricing, month)
-    lines = {(ln["owner"], ln["app"], ln["resource"]): ln for ln in got["lines"]}
-    assert lines.keys() == {(ln.owner, ln.app, ln.resource) for ln in ref.lines}
-    for ln in ref.lines:
-        g = lines[(ln.owner, ln.app, ln.resource)]
-        assert (Decimal(g["quantity"]), Decimal(g["amount"])) == (ln.quantity, ln.amount), ln
-    assert Decimal(got["total"]) == ref.total > 0
+    ref = reference_bill(all_rows, got["month"])
+    same_bill(got, ref)
     assert {"cpu", "memory", "network", "storage"} <= {ln.resource for ln in ref.lines}
 
     # the figures the controller exposes
@@ -167,3 +181,15 @@ def test_owner_and_vendor_tokens_see_their_own_bill(net):
     with pytest.raises(urllib.error.HTTPError) as exc:
         get_json(url + "/v1/usage/sources", owner)
     assert exc.value.code == 403
+
+
+def test_after_down_the_bill_has_every_record_of_every_source(net):
+    """`edgeshot down`, then `edgeshot bill`: the records the agents and edges wrote at
+    shutdown (after the controller's last pull) are taken from their own stores; the bill
+    then holds every record every source ever wrote, once."""
+    from edgeshot.cli.bill import fetch
+    net.stop()
+    got = fetch(net.state, None, None, "owner")
+    produced, cursors, all_rows = exactly_the_sources(net)
+    assert cursors == {s: len(rows) for s, rows in produced.items()}
+    same_bill(got, reference_bill(all_rows, got["month"]))

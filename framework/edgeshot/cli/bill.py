@@ -104,8 +104,26 @@ def fetch(state: Path, month: str | None, owner: str | None, by: str) -> dict[st
     try:
         return asyncio.run(_from_api(net, month, owner, by))
     except _Unreachable:
-        return from_store(Path(net.manifest.state_dir) / "controller" / "controller.db",
-                          net.plan(), month, owner, by)
+        db = Path(net.manifest.state_dir) / "controller" / "controller.db"
+        if db.exists():
+            caught_up(net, db)
+        return from_store(db, net.plan(), month, owner, by)
+
+
+def caught_up(net: Any, db: Path) -> None:
+    """The network is stopped: first take into the controller's store what the agents and
+    edge processes recorded after its last pull (their own stores, on this machine)."""
+    from edgeshot.control.metering import collect_stopped, pricing_of
+    m = net.manifest
+    res = collect_stopped(
+        db, pricing_of(net.plan()),
+        {s: (Path(a["state_dir"]) / "usage.db", a["edgepoint"]) for s, a in m.agents.items()},
+        {ep: Path(e["state_dir"]) / "edge.db" for ep, e in m.edges.items()})
+    n = sum(v for v in res.values() if isinstance(v, int))
+    bad = {k: v for k, v in res.items() if not isinstance(v, int)}
+    err.print(f"the controller is not running: billed from its store, after taking {n} "
+              "record(s) from the sources' own stores"
+              + (f" (not read: {bad})" if bad else ""), highlight=False, soft_wrap=True)
 
 
 class _Unreachable(Exception):
@@ -217,3 +235,19 @@ def _rows(data: dict[str, Any], by: str) -> tuple[list[list[Any]], list[str], st
         rows.append([t["key"], "(owner total)", "", "", "", "", "", t["amount"]])
     return rows, cols, f"bill {data['month']} ({cur})", \
         ["total", "", "", "", "", "", "", str(data["total"])]
+
+
+def budget_text(budget: dict[str, Any] | None) -> str:
+    """An app's budget as `edgeshot status` may show it (rich markup), from the `budget`
+    field of each app in the controller's status: "41% of 100 EUR, forecast 95.20" or, at
+    80 %/100 %, the warning in colour with the cost ceiling."""
+    if not budget:
+        return "—"
+    used = float(budget["used"])
+    text = (f"{used:.0%} of {budget['limit']} {budget['currency']}, forecast "
+            f"{budget['forecast']}")
+    if budget["state"] == "exhausted":
+        return f"[bold red]spent: {text}; held at {budget['ceiling']} instance(s)[/]"
+    if budget["state"] == "warning":
+        return f"[yellow]warning: {text}[/]"
+    return text

@@ -378,3 +378,82 @@ def _edgepoint_of(source: str) -> str:
 
 def metrics_collector(m: Metering) -> _Collector:
     return _Collector(m)
+
+
+# ---------------------------------------------------------------------- a stopped local network
+
+
+class _AgentStore:
+    """An agent's usage, read from its own store (the agent is not running)."""
+
+    def __init__(self, path: Any, edgepoint: str) -> None:
+        from edgeshot.agent._usage import Meter
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            row = db.execute("SELECT v FROM meta WHERE k = 'source'").fetchone()
+        finally:
+            db.close()
+        self.source = row[0] if row else None
+        self.meter = Meter(path, source=self.source, edgepoint=edgepoint) if row else None
+
+    async def usage(self, after: int = 0, limit: int = 1000) -> Any:
+        from edgeshot.agent.models import UsagePage
+        assert self.meter is not None and self.source is not None
+        records, head = self.meter.page(after, limit)
+        return UsagePage(source=self.source, records=records,
+                         last_seq=records[-1].seq if records else after, head_seq=head)
+
+    def close(self) -> None:
+        if self.meter is not None:
+            self.meter.close()
+
+
+class _EdgeStore:
+    """An edge process's data-path usage, read from its own store."""
+
+    def __init__(self, path: Any, edgepoint: str) -> None:
+        from edgeshot.edge._store import Store as EdgeStore
+        from edgeshot.edge._usage import UsageMeter
+        self.store = EdgeStore(path)
+        self.meter = UsageMeter(self.store, f"edge:{edgepoint}", edgepoint)
+
+    async def usage(self, after: int = 0, limit: int = 1000) -> Any:
+        from edgeshot.agent.models import UsagePage
+        return UsagePage.model_validate(self.meter.page(after, limit))
+
+    def close(self) -> None:
+        close = getattr(self.store, "close", None)
+        if close is not None:
+            close()
+
+
+def collect_stopped(db_path: Any, pricing: Pricing, agents: dict[str, tuple[Any, str]],
+                    edges: dict[str, Any]) -> dict[str, int | str]:
+    """Catch the controller's store up with the sources' own stores, on this machine, while
+    the network is stopped (what they recorded after the controller's last pull: the edges'
+    and agents' final records at shutdown). `agents`: server -> (usage.db, edgepoint);
+    `edges`: edgepoint -> edge.db. The same cursors as the controller's: exactly once."""
+    from pathlib import Path as _P
+    sources: list[Any] = []
+    endpoints = []
+    try:
+        for server, (path, edgepoint) in agents.items():
+            if _P(path).exists():
+                src = _AgentStore(path, edgepoint)
+                sources.append(src)
+                if src.meter is not None:
+                    endpoints.append(Endpoint(f"agent/{server}", "agent", src))
+        for edgepoint, path in edges.items():
+            if _P(path).exists():
+                src = _EdgeStore(path, edgepoint)
+                sources.append(src)
+                endpoints.append(Endpoint(f"edge/{edgepoint}", "edge", src))
+        store = Store(db_path)
+        try:
+            collector = Collector(store, endpoints, peak=pricing.peak)
+            return asyncio.run(collector.collect_now())
+        finally:
+            store.close()
+    finally:
+        for s in sources:
+            s.close()
