@@ -441,8 +441,14 @@ class Edge:
                 await t
         self.loops = []
         if self.tasks:
+            # actions under way get a few seconds; then they are cancelled (the agents
+            # finish what they started; the next edge process takes the instances back)
             log.info("waiting for %d action(s) under way", len(self.tasks))
-            await asyncio.wait(self.tasks, timeout=self.cfg.drain_timeout_s + 30)
+            _, pending = await asyncio.wait(self.tasks, timeout=min(5.0, self.cfg.drain_timeout_s))
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5.0)
         if self._api_runner is not None:
             await self._api_runner.cleanup()
             self._api_runner = None
