@@ -30,7 +30,7 @@ from edgeshot.plan import (
 )
 from edgeshot.spec import Spec, SpecError, load
 
-from . import appshot, network
+from . import appshot, network, remote
 from .agent import agent, token
 from .bill import bill
 from .edge import edge
@@ -57,6 +57,8 @@ app.command(rich_help_panel="Network")(network.deploy)
 app.command(rich_help_panel="Network")(network.rollback)
 app.command(rich_help_panel="Network")(network.demo)
 app.command(rich_help_panel="Network")(bill)
+# Remote control of the servers (Fabric over SSH).
+remote.register(app)
 
 out = Console()
 err = Console(stderr=True)
