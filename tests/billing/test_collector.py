@@ -136,3 +136,33 @@ async def test_two_collectors_never_both_store_a_page(store, tmp_path):
         other.close()
     assert stored(store, a.name) == list(range(1, 3001)), r
     assert store.query("SELECT SUM(requests) FROM usage_hourly")[0][0] == 6000
+
+
+async def test_month_totals_kept_in_memory_equal_the_stored_sums(store):
+    """Budgets read this month's totals from memory: loaded once (under the ingest lock),
+    then added to with each committed page; always the store's own sums."""
+    import sqlite3
+
+    from edgeshot.control import _metering_store as ms
+    from edgeshot.control import billing
+    from edgeshot.spec import PeakWindow, Pricing
+
+    peak = PeakWindow(start="10:30", end="11:00", multiplier="2", timezone="UTC",
+                      weekdays=("mon",))
+    pricing = Pricing(cpu_second="0.01", memory_gb_second="0", network_gb="1", peak=peak)
+    a, b = Source("agent:eu:s1", 700), Source("agent:us:s2", 300)
+    c = Collector(store, [Endpoint("agent/s1", "agent", a), Endpoint("agent/s2", "agent", b)],
+                  peak=peak, page_limit=100)
+    totals = ms.MonthTotals()
+    c.on_ingest = totals.add
+    await c.collect_now()  # before the load: not counted twice after it
+    reader = sqlite3.connect(f"file:{store.path}?mode=ro", uri=True)
+    with c.ingest_lock:
+        totals.load(reader, ms.month_key("2026-11"))
+    a.records += [rec(a.name, i, app="blog", owner="globex") for i in range(701, 1001)]
+    b.records += [rec(b.name, i) for i in range(301, 401)]
+    await c.collect_now()
+    from_memory = billing.bill(totals.usage("2026-11", "UTC"), pricing, "2026-11")
+    assert from_memory == ms.bill_month(reader, pricing, "2026-11")
+    assert from_memory.total > 0 and any(ln.peak_quantity for ln in from_memory.lines)
+    reader.close()

@@ -181,6 +181,12 @@ def test_owner_and_vendor_tokens_see_their_own_bill(net):
     with pytest.raises(urllib.error.HTTPError) as exc:
         get_json(url + "/v1/usage/sources", owner)
     assert exc.value.code == 403
+    with pytest.raises(urllib.error.HTTPError) as exc:  # other owners' use of the app
+        get_json(url + "/v1/bill?by=vendor", owner)
+    assert exc.value.code == 403
+    with pytest.raises(urllib.error.HTTPError) as exc:  # a vendor sees no owner's bill
+        get_json(url + "/v1/bill", vendor)
+    assert exc.value.code == 403
 
 
 def test_after_down_the_bill_has_every_record_of_every_source(net):

@@ -23,6 +23,7 @@ import asyncio
 import gc
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -111,6 +112,9 @@ class Collector:
         self.max_backoff_s = max_backoff_s
         self.on_event = on_event or (lambda kind, msg, data: None)
         self.stats = CollectorStats()
+        # held while a page is committed and handed to `on_ingest` (month totals)
+        self.ingest_lock = threading.Lock()
+        self.on_ingest: Callable[[dict[tuple[Any, ...], list[int]]], None] | None = None
         self.tasks: list[asyncio.Task[Any]] = []
         self._locks: dict[str, asyncio.Lock] = {}
 
@@ -235,9 +239,13 @@ class Collector:
         with _no_gc():
             rows = ms.rows_of(records, source)
             acc = ms.aggregate(rows, self.splitter)
-        with self.store.tx() as db:
-            return ms.ingest(db, source, after, rows, last_seq, head, self.splitter,
-                             aggregates=acc)
+        with self.ingest_lock:
+            with self.store.tx() as db:
+                n = ms.ingest(db, source, after, rows, last_seq, head, self.splitter,
+                              aggregates=acc)
+            if self.on_ingest is not None:
+                self.on_ingest(acc)
+        return n
 
     # ------------------------------------------------------------------ status
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -330,6 +331,55 @@ def month_usage(db: sqlite3.Connection, month: str, zone: str = "UTC", *,
             for owner_, app_, vendor_, peak, *q in db.execute(
                 f"SELECT owner, app, vendor, peak, {sums} FROM usage_hourly "
                 f"WHERE {' AND '.join(where)} GROUP BY owner, app, vendor, peak", args)]
+
+
+class MonthTotals:
+    """One month's sums per owner, app, vendor and peak flag, kept in memory: read from the
+    store once, then added to with every page the collector commits (the same integers the
+    store sums), so that budgets and spend need no scan of the month's rows.
+
+    `load` and `add` must not interleave with a commit: the collector calls `add` under its
+    ingest lock, after the commit, and `load` is called under the same lock."""
+
+    def __init__(self) -> None:
+        self.month: int | None = None
+        self.sums: dict[tuple[str, str, str, int], list[int]] = {}
+        self._lock = threading.Lock()
+
+    def load(self, db: sqlite3.Connection, month: int) -> None:
+        sums = {}
+        for owner, app, vendor, peak, *q in db.execute(
+                f"SELECT owner, app, vendor, peak, {', '.join(f'SUM({c})' for c in QTY)} "
+                "FROM usage_hourly WHERE month = ? GROUP BY owner, app, vendor, peak", (month,)):
+            sums[(owner, app, vendor, peak)] = list(q)
+        with self._lock:
+            self.month, self.sums = month, sums
+
+    def add(self, acc: dict[tuple[Any, ...], list[int]]) -> None:
+        """Aggregates of a committed page (keys as usage_hourly's primary key)."""
+        with self._lock:
+            if self.month is None:
+                return
+            for k, q in acc.items():
+                if k[0] != self.month:
+                    continue
+                key = (k[1], k[2], k[3], k[4])
+                cur = self.sums.get(key)
+                if cur is None:
+                    self.sums[key] = list(q)
+                else:
+                    for i in range(len(QTY)):
+                        cur[i] += q[i]
+
+    def usage(self, month: str, zone: str) -> list[billing.Usage]:
+        """As `month_usage` answers (this month must be the one loaded)."""
+        m0, m1 = billing.month_bounds(month, zone)
+        with self._lock:
+            if self.month != month_key(month):
+                raise ValueError(f"{month} is not the month loaded")
+            items = [(k, list(q)) for k, q in self.sums.items()]
+        return [_usage(owner, vendor, app, m0, m1, peak, q)
+                for (owner, app, vendor, peak), q in sorted(items)]
 
 
 def _usage(owner: str, vendor: str, app: str, start: datetime, end: datetime, peak: int,

@@ -96,6 +96,8 @@ class Metering:
         self.collector = Collector(self.store, endpoints, peak=self.pricing.peak,
                                    interval_s=s.interval_s, page_limit=s.page_limit,
                                    max_backoff_s=s.max_backoff_s, on_event=self._event)
+        self.totals = ms.MonthTotals()  # this month's sums, for budgets and spend
+        self.collector.on_ingest = self.totals.add
         self.budgets: dict[str, AppBudget] = {}
         self.spend: dict[str, Decimal] = {}  # owner -> this month, from the last assessment
         self.assessed_at: float | None = None
@@ -165,13 +167,26 @@ class Metering:
         """Spend, forecast, state and ceilings of every app, now (reads the store)."""
         now = self.clock()
         month = current_month(now, self.zone)
-        the_bill = self.bill(month)
+        the_bill = billing.bill(self.month_usage(month), self.pricing, month)
         budgets = assess(list(self.c.plan.apps), list(self.c.plan.placements),
                          _budgets.spent_by_app(the_bill), self.pricing, now)
         self.spend = {t.key: t.amount for t in the_bill.owners}
         self.budgets = budgets
         self.assessed_at = time.time()
         return budgets
+
+    def month_usage(self, month: str) -> list[billing.Usage]:
+        """This month's usage from the totals kept in memory (loaded from the store once a
+        month, under the collector's ingest lock so that no page is counted twice)."""
+        key = ms.month_key(month)
+        if self.totals.month != key:
+            with self.collector.ingest_lock:
+                db = self._reader()
+                try:
+                    self.totals.load(db, key)
+                finally:
+                    db.close()
+        return self.totals.usage(month, self.zone)
 
     async def update_budgets(self) -> list[str]:
         """Re-assess; push the placements of apps whose ceilings changed; an event when an
@@ -261,10 +276,12 @@ async def get_bill(request: web.Request) -> web.Response:
         return _error(400, "invalid", "by must be owner, vendor or organisation")
     vendor = None
     if not p.is_operator:
-        if by == "vendor" and p.vendors:
-            vendor = next(iter(sorted(p.vendors))) if len(p.vendors) == 1 else None
-            if vendor is None:
-                return _error(400, "invalid", "a token of several vendors: ask an operator")
+        if by == "vendor":
+            # the ISV report: a vendor's own applications, across their owners
+            if len(p.vendors) != 1:
+                return _error(403, "forbidden", f"token {p.name!r} may not see usage per "
+                              "application (a vendor's token sees its own applications)")
+            vendor = next(iter(p.vendors))
         elif p.owners:
             if owner is None and len(p.owners) == 1:
                 owner = next(iter(p.owners))
