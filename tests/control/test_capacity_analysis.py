@@ -115,3 +115,17 @@ def test_load_spec_defaults_come_from_the_sla():
                                                          max_error_rate=0.05)})
     s2 = LoadSpec.of(lt2.model_dump(mode="json"), sc.model_dump(mode="json"))
     assert (s2.required_users, s2.max_response_ms, s2.max_error_rate) == (5, 150, 0.05)
+
+
+def test_answers_that_saw_the_load_change_belong_to_no_point():
+    from edgeshot.control._capacity import steady_samples
+    timeline = [[0.0, 0], [1.0, 1], [3.0, 2]]
+    raw = [[2.0, 1, 500.0, 1],   # 1.5 -> 2.0 at one user: steady
+           [3.2, 2, 500.0, 1],   # left at 2.7 (one user), came back at 3.2 (two)
+           [4.0, 2, 500.0, 0]]   # 3.5 -> 4.0 at two users: steady (a failure)
+    s = steady_samples(raw, timeline)
+    assert [x.steady for x in s] == [True, False, True]
+    pts = curve(s, 95)
+    assert [(p.users, p.n) for p in pts] == [(1, 1), (2, 1)]
+    assert pts[1].error_rate == 1.0
+    assert all(x.steady for x in steady_samples(raw, []))  # no timeline: all count

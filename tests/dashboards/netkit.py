@@ -135,7 +135,8 @@ class Sent:
 
     # (app, edgepoint, region, status) -> count
     counts: Counter = field(default_factory=Counter)
-    ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))  # GET /, 200
+    all_ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
 
     def requests(self, app: str | None = None, edgepoint: str | None = None,
                  region: str | None = None) -> int:
@@ -165,6 +166,7 @@ async def send(sent: Sent, public_url: str, edgepoint: str, app: AppDef, region:
                     status = r.status
                 ms = (time.perf_counter() - t0) * 1000
                 sent.counts[(app.name, edgepoint, region, status)] += 1
+                sent.all_ms[app.name].append(ms)
                 if status == 200 and path == "/":
                     sent.ms[app.name].append(ms)
 
@@ -179,12 +181,14 @@ async def until_routable(sent: Sent, public_url: str, edgepoint: str, app: AppDe
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as s:
         while True:
+            t0 = time.perf_counter()
             async with s.get(public_url + "/healthz", headers={
                     "Host": app.host, "X-Edgeshot-Region": region},
                     timeout=aiohttp.ClientTimeout(total=60)) as r:
                 await r.read()
                 if r.status != 404:
                     sent.counts[(app.name, edgepoint, region, r.status)] += 1
+                    sent.all_ms[app.name].append((time.perf_counter() - t0) * 1000)
                     return
             if time.monotonic() > deadline:
                 raise AssertionError(f"{edgepoint} does not route {app.name}")

@@ -220,15 +220,17 @@ def test_customer_page_shows_the_owners_apps_as_the_raw_sources_have_them(world)
     assert number(f[f"{app}:region:eu-central"]) == sent.requests(app, region="eu-central")
     assert number(f[f"{app}:region:us-east"]) == sent.requests(app, region="us-east")
     assert not any(k.startswith(f"{app}:region:us-west") for k in f)  # globex's region
-    # response time: HAProxy's Ta (service time 30 ms) is within what the client measured
+    # response time: HAProxy's Ta of each request is within what the client measured of
+    # it (most requests are GET / of 30 ms; the rest, /fail and a probe, are quicker)
     p50 = number(f[f"{app}:p50"])
-    client = sent.ms[app]
+    client = sent.all_ms[app]
+    assert len(client) == sent.requests(app)
     assert ACME.service_ms - 1 <= p50 <= percentile(client, 50) + 1, (p50, sorted(client))
     p95 = number(f[f"{app}:p_sla"])
-    assert ACME.service_ms - 1 <= p95 <= max(client) + 1
+    assert ACME.service_ms - 1 <= p95 <= percentile(client, 95) * 1.01 + 1
     within = number(f[f"{app}:within_sla"]) / 100
     client_within = sum(ms <= ACME.sla_ms for ms in client) / len(client)
-    assert within >= client_within - 1e-9  # the edge sees no more than the client does
+    assert within >= client_within - 0.0001  # the edge sees no more than the client does
 
     # instances now, per edgepoint: the agents' running instances of the app
     def instances_agree():

@@ -7,7 +7,8 @@ session from one of the declared regions (``X-Edgeshot-Region``), sends one requ
 a time with no think time (so "users" are concurrent in-flight requests, DESIGN.md's
 "users per instance") over the declared weighted paths, carrying the stage token
 (``X-Edgeshot-Stage``) that alone reaches the staged version. Every answer is kept:
-(time, users active, response ms, ok).
+(time, users active, response ms, ok); an answer to a request sent before the number
+of users changed belongs to no point of the curve (it saw two loads).
 
 The analysis is a pure function (`analyse`): the response-time curve — per number of
 concurrent users, the SLA's percentile, the error rate and the throughput — and the
@@ -77,6 +78,7 @@ class Sample:
     users: int  # users running when the answer came
     ms: float
     ok: bool
+    steady: bool = True  # as many users when the request left as when its answer came
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,7 @@ def curve(samples: Iterable[Sample], percentile: float) -> tuple[Point, ...]:
     the error rate and the throughput while that many users ran."""
     by: dict[int, list[Sample]] = defaultdict(list)
     for s in samples:
-        if s.users > 0:
+        if s.users > 0 and s.steady:  # a request that saw the load change is no one's
             by[s.users].append(s)
     out = []
     for users in sorted(by):
@@ -135,7 +137,7 @@ def curve(samples: Iterable[Sample], percentile: float) -> tuple[Point, ...]:
 
 
 def analyse(samples: Sequence[Sample], spec: LoadSpec, instances: int = 1,
-            min_samples: int = 10) -> CapacityResult:
+            min_samples: int = 6) -> CapacityResult:
     """The users per instance the version sustains within its limits, and the verdict."""
     pts = curve(samples, spec.percentile)
     good = [p for p in pts if p.n >= min_samples and p.p_ms is not None
@@ -214,8 +216,28 @@ async def run(url: str, host: str | None, token: str, spec: LoadSpec, workdir: P
         tail = (workdir / "locust.log").read_text(errors="replace")[-1500:]
         raise CapacityError(f"the load generator failed (exit {rc}): {tail}")
     data = json.loads((workdir / "samples.json").read_text())
-    samples = [Sample(t, u, ms, bool(ok)) for t, u, ms, ok in data["samples"]]
-    return analyse(samples, spec, instances=instances)
+    return analyse(steady_samples(data["samples"], data.get("timeline") or []), spec,
+                   instances=instances)
+
+
+def steady_samples(raw: Sequence[Sequence[Any]], timeline: Sequence[Sequence[float]]
+                   ) -> list[Sample]:
+    """Samples [t, users, ms, ok] marked steady when the users running did not change
+    while the request was out (`timeline`: [t, users] at each change, in order)."""
+    import bisect
+    times = [float(t) for t, _ in timeline]
+    counts = [int(n) for _, n in timeline]
+
+    def users_at(t: float) -> int | None:
+        i = bisect.bisect_right(times, t) - 1
+        return counts[i] if i >= 0 else None
+
+    out = []
+    for t, u, ms, ok in raw:
+        start = users_at(float(t) - float(ms) / 1000)
+        steady = not times or (start == users_at(float(t)) == int(u))
+        out.append(Sample(float(t), int(u), float(ms), bool(ok), steady))
+    return out
 
 
 def spec_json(spec: LoadSpec) -> dict[str, Any]:

@@ -5,7 +5,8 @@
 CONFIG (0600; the parent deletes it once this process ends): url, host (Host header),
 token (sent as X-Edgeshot-Stage), users, spawn_rate, duration_s, paths [[method, path,
 weight]…], regions, out. Ramps to `users` at `spawn_rate`, holds until `duration_s`,
-then writes every answer to `out` as [seconds since start, users running, ms, ok].
+then writes every answer to `out` as [seconds since start, users running, ms, ok], and
+the number of users running over time (`timeline`).
 Users have no think time: each is one request in flight at a time.
 """
 
@@ -69,13 +70,25 @@ def main() -> None:
                         int(exception is None and 0 < status < 500)])
 
     env.events.request.add_listener(on_request)
+    timeline: list[list[float]] = [[0.0, 0]]  # [seconds, users running] at each change
+
+    def watch() -> None:
+        while True:
+            n = runner.user_count
+            if n != timeline[-1][1]:
+                timeline.append([round(time.monotonic() - t0, 4), n])
+            gevent.sleep(0.01)
+
+    watcher = gevent.spawn(watch)
     runner.start(int(cfg["users"]), spawn_rate=float(cfg["spawn_rate"]))
     gevent.sleep(max(0.0, float(cfg["duration_s"]) - (time.monotonic() - t0)))
+    watcher.kill()
     runner.stop()
     runner.quit()
     out = Path(cfg["out"])
     tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(json.dumps({"samples": samples, "elapsed_s": time.monotonic() - t0}))
+    tmp.write_text(json.dumps({"samples": samples, "timeline": timeline,
+                               "elapsed_s": time.monotonic() - t0}))
     tmp.replace(out)
 
 

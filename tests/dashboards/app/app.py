@@ -5,6 +5,7 @@ one instance sustains ``CAP_N`` concurrent users at a response time of ``SERVICE
 one user more and some requests wait a whole service time more.
 
     GET /          200 $BODY ("ok") after SERVICE_MS (at most CAP_N at once)
+    GET /version   200 $BODY at once
     GET /headers   200, the names of the X-Edgeshot-* headers the app received
     GET /fail      500 (at once; the dashboards' error figures)
     GET /healthz   200 (at once)
@@ -45,6 +46,8 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path.split("?", 1)[0]
         if path == "/healthz":
             self.reply(200, "ok\n")
+        elif path == "/version":  # $BODY at once (which version answered)
+            self.reply(200, BODY + "\n")
         elif path == "/headers":  # which edgeshot headers reached the app
             self.reply(200, "\n".join(sorted(k.lower() for k in self.headers
                                               if k.lower().startswith("x-edgeshot"))))
