@@ -202,6 +202,7 @@ def status(
 
 
 def print_status(st: dict[str, Any], console: Console) -> None:
+    from edgeshot.cli.bill import budget_text
     d = st["dispatcher"]
     console.print(f"network [bold]{st['network']}[/] ({st['provider']}), up "
                   f"{st['uptime_s']:.0f} s; dispatcher "
@@ -218,7 +219,8 @@ def print_status(st: dict[str, Any], console: Console) -> None:
                     escape(e.get("error") or ""))
     console.print(eps)
     apps = Table(title="applications", title_justify="left")
-    for col in ("app", "primary", "canary", "previous", "instances per edgepoint", "last deployment"):
+    for col in ("app", "primary", "canary", "previous", "instances per edgepoint", "last deployment",
+                "budget"):
         apps.add_column(col)
     for a in st["apps"]:
         inst = ", ".join(f"{ep}: " + ("+".join(f"{n}×{v}" for v, n in vs.items() if n) or "0")
@@ -227,7 +229,8 @@ def print_status(st: dict[str, Any], console: Console) -> None:
         last = (f"#{dep['id']} {dep['kind']} {dep.get('from_version') or '∅'}→{dep['to_version']} "
                 f"{dep['phase']}" if dep else "—")
         canary = f"{a['canary']} ({a['canary_weight']}%)" if a["canary"] else "—"
-        apps.add_row(a["name"], a["primary"] or "—", canary, a["previous"] or "—", inst, last)
+        apps.add_row(a["name"], a["primary"] or "—", canary, a["previous"] or "—", inst, last,
+                     budget_text(a.get("budget")))
     console.print(apps)
 
 
