@@ -18,12 +18,12 @@ import pandas as pd
 from sklearn.ensemble import RandomForestRegressor
 
 rng = np.random.default_rng(7)
-N = 20_000
+N = 10_000
 df = pd.DataFrame({"size": rng.uniform(20, 200, N), "rooms": rng.integers(1, 7, N),
                    "age": rng.uniform(0, 80, N)})
 df["price"] = 3000 * df["size"] + 10000 * df["rooms"] - 500 * df["age"] + rng.normal(0, 2e4, N)
 FEATURES = ["size", "rooms", "age"]
-model = RandomForestRegressor(n_estimators=40, max_depth=10, random_state=0, n_jobs=1)
+model = RandomForestRegressor(n_estimators=20, max_depth=8, random_state=0, n_jobs=1)
 model.fit(df[FEATURES], df["price"])
 STATS = json.loads(df.describe().to_json())
 
