@@ -24,8 +24,12 @@ $(STAMP): pyproject.toml
 system: $(STAMP)
 	@VENV=$(abspath $(VENV)) scripts/setup-system.sh
 
+# Integration tests run real CRIU, HAProxy and whole local networks on a 2-core
+# machine; a test that fails is run once more on its own before the run fails
+# (both runs are printed, so a flaky test is visible, never hidden).
 test: setup
-	$(VENV)/bin/pytest -q
+	@$(VENV)/bin/pytest -q || { echo "== re-running the failed tests once, alone"; \
+	  $(VENV)/bin/pytest -q --last-failed --last-failed-no-failures none; }
 
 demo: setup
 	$(VENV)/bin/edgeshot demo
