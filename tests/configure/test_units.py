@@ -96,6 +96,16 @@ def test_ansible_inventory_groups_and_host_vars(inv):
     assert data["all"]["vars"]["x"] == 1
     assert {e["name"] for e in data["all"]["vars"]["edgeshot_edgepoints"]} == {"north", "south"}
     assert group_name("eu-central.1") == "edgepoint_eu_central_1"
+    # a server the cloud has not created yet is in no agent list and not configured
+    partial = inventory_from_plan(inv_plan_of(inv), {"north-1": "192.0.2.10"})
+    d = ansible_inventory(partial, [h for h in partial.hosts() if h.address])
+    hosts = d["all"]["children"]["edgeshot_agents"]["hosts"]
+    assert list(hosts) == ["north-1"]
+    assert [s["name"] for s in hosts["north-1"]["edgeshot_edgepoint"]["servers"]] == ["north-1"]
+
+
+def inv_plan_of(inv):
+    return compile_plan(load(HERE / "lab_policy.py"))
 
 
 def test_plan_with_addresses_fills_what_the_cloud_assigned(plan, inv):

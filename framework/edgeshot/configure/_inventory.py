@@ -268,7 +268,7 @@ def ansible_inventory(inv: Inventory, hosts: list[InventoryHost], *,
                 "agent_port": m.ports.get("agent"),
                 "agent_url": f"http://{_reach(m)}:{m.ports.get('agent')}",
                 "slot_subnet": m.slot_subnet,
-            } for m in members],
+            } for m in members if m.address],  # a server without an address is not there yet
         }
     groups: dict[str, dict[str, Any]] = {
         "edgeshot_agents": {"hosts": {}},
