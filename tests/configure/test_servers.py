@@ -120,6 +120,21 @@ def test_packages_files_modes_units(first_run, lab):
     assert sh(lab, "north-2", "cat /proc/sys/net/ipv4/ip_forward").strip() == "1"
 
 
+def test_firewall_lets_only_callers_reach_the_apis(first_run, lab):
+    def reach(src: str, dst: str, port: int) -> bool:
+        addr = lab.servers[dst].address
+        return lab.servers[src].ssh(f"timeout 3 bash -c 'exec 3<>/dev/tcp/{addr}/{port}'",
+                                    check=False).returncode == 0
+    assert reach("north-1", "north-2", 7701)  # the edge host reaches its agents
+    assert reach("controller", "south-1", 7701)  # the controller reaches every agent
+    assert reach("controller", "north-1", 7702)  # ... and every edge API
+    assert not reach("north-2", "north-1", 7701)  # another agent does not
+    assert not reach("north-2", "north-1", 7702)
+    assert not reach("south-1", "north-2", 7701)  # nor another edgepoint's edge host
+    assert reach("north-2", "north-1", 80)  # the data path stays open
+    assert "edgeshot_api" in sh(lab, "north-1", "nft list tables")
+
+
 def test_no_secret_in_any_log(first_run, lab, stack_secrets):
     tokens = [stack_secrets[k] for k in ("edgeAgentToken", "controllerAgentToken",
                                          "controllerEdgeToken")]

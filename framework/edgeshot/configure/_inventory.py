@@ -297,6 +297,7 @@ def ansible_inventory(inv: Inventory, hosts: list[InventoryHost], *,
     return {"all": {
         "vars": {
             "edgeshot_network": inv.network,
+            "edgeshot_controller_address": inv.controller.address if inv.controller else None,
             "edgeshot_edgepoints": list(edgepoints.values()),
             **dict(all_vars or {}),
         },

@@ -320,6 +320,8 @@ def configure(
         if criu_binary:
             all_vars |= {"criu_install": "binary",
                          "criu_binary": str(Path(criu_binary).resolve())}
+        if plan is not None and getattr(plan, "operators", None):
+            all_vars["edgeshot_operators"] = list(plan.operators)
         if plan is not None:
             plan_file = pdd / "plan.json"
             plan_file.write_text(plan_with_addresses(plan, inv).to_json())
