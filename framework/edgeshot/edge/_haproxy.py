@@ -45,15 +45,17 @@ __all__ = [
 ]
 
 ACTIVATOR = "edgeshot.activator"  # the backup server's name in every app backend
-# Health checks (the backend's httpchk when the app declares a health path) plus passive
-# observation: one connection error marks an instance down, so a killed instance stops
-# receiving requests at once; retry-on + redispatch retry what never reached it.
+# Health checks (the backend's httpchk when the app declares a health path; "timeout
+# check" 5 s, three failures: a saturated instance answers slowly, it is not dead) plus
+# passive observation: ten connection errors in a row mark an instance down, so a
+# killed instance stops receiving requests at once; retry-on + redispatch retry what
+# never reached it.
 # Connection reuse: HAProxy 2.6 gives servers added at runtime no idle-connection pool
 # (pool-max-conn 0, pool-purge-delay 0: a new connection to the instance per request,
 # measured 4x slower than a static server here); these restore the static defaults.
 SERVER_OPTIONS = ("pool-max-conn -1 pool-purge-delay 5s "
-                  "check inter 1s fastinter 250ms downinter 1s fall 2 rise 1 "
-                  "observe layer4 error-limit 1 on-error mark-down")
+                  "check inter 1s fastinter 250ms downinter 1s fall 3 rise 1 "
+                  "observe layer4 error-limit 10 on-error mark-down")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 _METHOD = re.compile(r"^[A-Z]{1,16}$|^\*$")
 _HOST = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?$|^\*$")

@@ -155,8 +155,9 @@ class EdgeConfig(BaseModel):
     retry_after_s: int = Field(2, ge=1)
     drain_timeout_s: float = Field(10.0, ge=0)
     restore_backoff_s: float = Field(5.0, ge=0, description="after a failed restore on a server")
-    unhealthy_after_s: float = Field(1.0, ge=0, description="down in HAProxy this long: "
-                                     "the instance is replaced")
+    unhealthy_after_s: float = Field(10.0, ge=0, description="down in HAProxy this long: "
+                                     "the instance is replaced (at once when its agent says "
+                                     "it failed or is gone)")
     keep_haproxy: bool = Field(False, description="leave HAProxy running when the edge stops")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
@@ -234,7 +235,9 @@ class Live:
     cookie: str | None = None
     scur: float = 0.0
     since: float = field(default_factory=time.monotonic)
-    down_since: float | None = None
+    down_since: float | None = None  # down in HAProxy since
+    sick_since: float | None = None  # unhealthy by its agent's probe since
+    routed: bool = False  # a server in HAProxy (held requests may reach it before)
 
 
 @dataclass
@@ -686,6 +689,7 @@ class Edge:
         self.worker = await self.haproxy.current_worker()
         for lv in self.live.values():
             if lv.state == "ready":
+                lv.routed = True
                 lv.cookie = await self._cookie_of(lv.app, lv.id)
 
     async def _sync_servers(self) -> None:
@@ -708,6 +712,7 @@ class Edge:
             if (be, sv) not in have:
                 await rt.add_server(be, H.Server(sv, lv.address, weight=lv.weight or 1),
                                     affinity=self.placements[lv.placement].conf(()).affinity)
+            lv.routed = True
             lv.cookie = await self._cookie_of(be, sv)
         for app in {lv.app for lv in self.live.values()}:
             await self._reweigh(app, force=True)
@@ -735,6 +740,7 @@ class Edge:
                 self.old_workers.add(old)
             for lv in self.live.values():
                 if lv.state == "ready":
+                    lv.routed = True
                     lv.cookie = await self._cookie_of(lv.app, lv.id)
             log.info("HAProxy reloaded (worker %d -> %d)", old, self.worker)
 
@@ -834,9 +840,19 @@ class Edge:
                     if not adopt and self.mode == "haproxy":
                         self._spawn(self._add_to_haproxy(self.live[info.id]))
                 continue
-            if lv.state == "ready" and (info.state in ("failed", "stopped")
-                                        or info.health == "unhealthy"):
-                lv.state = "unhealthy"
+            if lv.state != "ready":
+                continue
+            if info.state in ("failed", "stopped"):
+                lv.state = "unhealthy"  # dead: replaced at once
+            elif info.health == "unhealthy":
+                # one failed probe of a busy instance is not death: replaced only when
+                # HAProxy finds it down too, or after unhealthy_after_s
+                lv.sick_since = lv.sick_since or now
+                if lv.down_since is not None or \
+                        now - lv.sick_since >= self.cfg.unhealthy_after_s:
+                    lv.state = "unhealthy"
+            else:
+                lv.sick_since = None
         for lv in self.live.values():
             if lv.server == server and lv.state == "ready" and lv.id not in seen \
                     and now - lv.since > 5:
@@ -856,6 +872,7 @@ class Edge:
         await self.haproxy.admin.add_server(pr.app, H.Server(lv.id, lv.address,
                                                              weight=lv.weight or 1),
                                             affinity=pr.conf(()).affinity)
+        lv.routed = True
         lv.cookie = await self._cookie_of(pr.app, lv.id)
         await self._reweigh(pr.app)
         self.activator.notify(pr.app)
@@ -1214,7 +1231,7 @@ class Edge:
         pr = self.placements.get(self.by_app.get(app, ""))
         affinity = pr is not None and pr.conf(()).affinity
         for lv in self.live.values():
-            if lv.app == app and lv.state == "ready" and lv.address and lv.down_since is None:
+            if lv.app == app and lv.state == "ready" and lv.address:
                 cookie = lv.cookie if self.mode == "haproxy" else lv.id
                 ready.setdefault(lv.version, []).append(Target(
                     lv.id, lv.version, lv.address, cookie=cookie if affinity else None,
@@ -1332,7 +1349,7 @@ class Edge:
             rep = d.reports.get(pid) if d else None
             lvs = [lv for lv in self.live.values() if lv.placement == pid]
             snaps = [sn for sn in self.snaps.values() if sn.placement == pid]
-            ready = sum(lv.state == "ready" for lv in lvs)
+            ready = sum(self._serving(lv) for lv in lvs)
             starting = sum(lv.state == "starting" for lv in lvs)
             versions = []
             window = self.cfg.report_window_s
@@ -1341,7 +1358,7 @@ class Edge:
                 n, errors = self.book.counted(pr.app, v, window)
                 versions.append(VersionLoad(
                     version=v, weight=w,
-                    ready=sum(lv.state == "ready" and lv.version == v for lv in lvs),
+                    ready=sum(self._serving(lv) and lv.version == v for lv in lvs),
                     starting=sum(lv.state == "starting" and lv.version == v for lv in lvs),
                     snapshotted=sum(sn.version == v for sn in snaps), requests=n, errors=errors,
                     rps=n / window, error_rate=errors / n if n else 0.0,
@@ -1379,13 +1396,17 @@ class Edge:
                         at_capacity=[p.id for p in places if p.at_capacity],
                         slots_free=sum(s.slots_free or 0 for s in servers if s.healthy))
 
+    def _serving(self, lv: Live) -> bool:
+        """Ready and routed to (by HAProxy, or by the activator when it is the data path)."""
+        return lv.state == "ready" and (lv.routed or self.mode == "activator")
+
     def health(self) -> EdgeHealth:
         return EdgeHealth(status="ok", edgepoint=self.cfg.edgepoint, version=__version__,
                           mode=self.mode, mode_reason=self.mode_reason,
                           haproxy_version=self.haproxy.version() if self.haproxy else None,
                           uptime_s=time.monotonic() - self.started,
                           placements=len(self.placements),
-                          instances=sum(lv.state == "ready" for lv in self.live.values()),
+                          instances=sum(self._serving(lv) for lv in self.live.values()),
                           agents_up=sum(self.agent_ok.get(n, False) for n in self.agents),
                           agents_total=len(self.agents), source=self.source)
 
