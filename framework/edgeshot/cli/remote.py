@@ -3,7 +3,7 @@
 Register in the main CLI with::
 
     from edgeshot.cli import remote
-    remote.register(app)          # adds ssh, logs, exec and push
+    remote.register(app)          # adds ssh, logs, exec and push (help panel "Remote control")
 
 The servers come from the inventory (the Pulumi stack's output:
 ``pulumi stack output inventory --json > inventory.json``), named by
@@ -207,9 +207,9 @@ def _summary(results) -> None:
     err.print(table)
 
 
-def register(app: typer.Typer) -> None:
+def register(app: typer.Typer, panel: str | None = "Remote control") -> None:
     """Add ``ssh``, ``logs``, ``exec`` and ``push`` to the main CLI."""
-    app.command("ssh")(ssh)
-    app.command("logs")(logs)
-    app.command("exec")(exec_)
-    app.command("push")(push)
+    app.command("ssh", rich_help_panel=panel)(ssh)
+    app.command("logs", rich_help_panel=panel)(logs)
+    app.command("exec", rich_help_panel=panel)(exec_)
+    app.command("push", rich_help_panel=panel)(push)
