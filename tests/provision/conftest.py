@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -113,3 +114,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if here in Path(item.fspath).parents:
             for sdk in ("pulumi_aws", "pulumi_digitalocean", "pulumi_hcloud"):
                 item.add_marker(pytest.mark.filterwarnings(f"ignore::DeprecationWarning:{sdk}.*"))
+
+
+@pytest.fixture(autouse=True)
+def _current_event_loop():
+    """pulumi's mocks run on the thread's current event loop; async tests elsewhere in
+    the run (pytest-asyncio, asyncio.run) leave none behind, or a closed one."""
+    try:
+        loop = asyncio.get_event_loop_policy().get_event_loop()
+        usable = not loop.is_closed()
+    except RuntimeError:
+        usable = False
+    if not usable:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+    yield
