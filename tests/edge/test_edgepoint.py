@@ -120,14 +120,32 @@ def test_affinity_keeps_a_user_on_one_of_several_instances(edges, origin):
     e = edges().start()
     place(e, origin, min=2, idle_s=300)
     wait_for(lambda: pl(e).ready == 2, 30, what="two instances")
-    anonymous = {e.get("/catalog")[1]["x-edgeshot-served-by"] for _ in range(20)}
-    assert len(anonymous) == 2  # without a cookie: both serve
+
+    def served():  # requests answered per instance, as HAProxy counts them
+        return {i.id: i.requests for i in pl(e).instances}
+
+    def settled():
+        prev = served()
+        while True:
+            time.sleep(0.3)
+            now = served()
+            if now == prev:
+                return now
+            prev = now
+
+    def spread(n, **kw):
+        before = settled()
+        for _ in range(n):
+            assert e.get("/catalog", **kw)[0] == 200
+        after = wait_for(lambda: (lambda a: a if sum(a.values()) - sum(before.values()) >= n
+                                  else None)(served()), 5, what="counted requests")
+        return sorted(after[k] - before.get(k, 0) for k in after)
+
+    assert spread(20) == [10, 10]  # without a cookie: round robin over both
     _, headers, _ = e.get("/catalog")
     cookie = headers["set-cookie"].split(";")[0]
     assert cookie.startswith("ES_shop=")
-    pinned = {e.get("/catalog", headers={"Cookie": cookie})[1]["x-edgeshot-served-by"]
-              for _ in range(20)}
-    assert len(pinned) == 1
+    assert spread(20, headers={"Cookie": cookie}) == [0, 20]  # pinned to one
 
 
 def test_version_weights_split_traffic_as_set(edges, origin):

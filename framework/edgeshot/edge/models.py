@@ -19,7 +19,7 @@ from edgeshot.agent.models import Name, UsagePage, UsageRecord
 from edgeshot.plan import AppPlan, Placement
 
 __all__ = [
-    "VersionWeight", "StageServer", "StageRoute", "PlacementAssignment", "PlacementSet", "PlacementUpdate", "VersionLoad",
+    "InstanceLoad", "VersionWeight", "StageServer", "StageRoute", "PlacementAssignment", "PlacementSet", "PlacementUpdate", "VersionLoad",
     "PlacementLoad", "ServerLoad", "EdgeLoad", "EdgeHealth", "LatencyMinute", "LatencyHistory",
     "RegionMinute", "RegionHistory", "UsagePage", "UsageRecord", "PlacementList",
 ]
@@ -142,6 +142,19 @@ class VersionLoad(_Out):
     window_s: float
 
 
+class InstanceLoad(_Out):
+    """One instance this edge routes to (or is starting, or draining)."""
+
+    id: str
+    version: str
+    server: str
+    state: Literal["starting", "ready", "draining", "unhealthy"]
+    address: str | None = None
+    routed: bool = Field(description="a server in HAProxy (or the activator's target)")
+    inflight: float = Field(description="requests in flight at it now")
+    requests: int = Field(description="requests it answered since this edge process took it")
+
+
 class PlacementLoad(_Out):
     id: str
     app: str
@@ -164,6 +177,7 @@ class PlacementLoad(_Out):
     at_capacity: bool = False
     unmet: int = 0
     versions: list[VersionLoad] = []
+    instances: list[InstanceLoad] = []
 
 
 class ServerLoad(_Out):

@@ -91,6 +91,7 @@ from .decide import (
 from .models import (
     EdgeHealth,
     EdgeLoad,
+    InstanceLoad,
     LatencyHistory,
     PlacementAssignment,
     PlacementList,
@@ -238,6 +239,7 @@ class Live:
     down_since: float | None = None  # down in HAProxy since
     sick_since: float | None = None  # unhealthy by its agent's probe since
     routed: bool = False  # a server in HAProxy (held requests may reach it before)
+    requests: int = 0  # answered since this edge process took it
 
 
 @dataclass
@@ -455,6 +457,7 @@ class Edge:
         if self._api_runner is not None:
             await self._api_runner.cleanup()
             self._api_runner = None
+        log.info("stopping: actions and API done after %.1f s", time.monotonic() - t_stop)
         if self.haproxy is not None and self.haproxy.running():
             try:
                 await self._observe_usage()
@@ -466,6 +469,7 @@ class Edge:
             finally:
                 if not self.cfg.keep_haproxy:
                     await self.haproxy.stop(timeout=3)
+        log.info("stopping: HAProxy done after %.1f s", time.monotonic() - t_stop)
         with contextlib.suppress(Exception):
             self._flush_now()
             self.book.flush(self.store, everything=True)
@@ -690,6 +694,7 @@ class Edge:
         for lv in self.live.values():
             if lv.state == "ready":
                 lv.routed = True
+                self._srv_seen[(self.worker, lv.app, lv.id)] = (0, 0)
                 lv.cookie = await self._cookie_of(lv.app, lv.id)
 
     async def _sync_servers(self) -> None:
@@ -741,6 +746,7 @@ class Edge:
             for lv in self.live.values():
                 if lv.state == "ready":
                     lv.routed = True
+                    self._srv_seen[(self.worker, lv.app, lv.id)] = (0, 0)
                     lv.cookie = await self._cookie_of(lv.app, lv.id)
             log.info("HAProxy reloaded (worker %d -> %d)", old, self.worker)
 
@@ -872,6 +878,7 @@ class Edge:
         await self.haproxy.admin.add_server(pr.app, H.Server(lv.id, lv.address,
                                                              weight=lv.weight or 1),
                                             affinity=pr.conf(()).affinity)
+        self._srv_seen[(self.worker, pr.app, lv.id)] = (0, 0)  # counters start at zero
         lv.routed = True
         lv.cookie = await self._cookie_of(pr.app, lv.id)
         await self._reweigh(pr.app)
@@ -919,6 +926,7 @@ class Edge:
             seen = self._srv_seen.get(key)
             if seen is not None and req >= seen[0]:
                 self.book.count(px, lv.version, req - seen[0], max(0, err - seen[1]), now=None)
+                lv.requests += req - seen[0]
             self._srv_seen[key] = (req, err)
             status = r.get("status", "")
             if lv.state != "ready":
@@ -1263,6 +1271,8 @@ class Edge:
             return
         self.book.record(app, t.version, int(ms), status, region, held=held)
         self.book.count(app, t.version, 1, 1 if status >= 500 else 0)
+        if (lv := self.live.get(t.instance)) is not None:
+            lv.requests += 1
         self.meter.count_activator(app, t.instance, b_in, b_out)
         lv = self.live.get(t.instance)
         if self.mode == "activator" and lv is not None:
@@ -1378,7 +1388,12 @@ class Edge:
                 limit=rep.limit if rep else min(pr.policy.max, pr.a.share, pr.a.ceiling),
                 limited_by=rep.limited_by if rep else None, panic=rep.panic if rep else False,
                 at_capacity=bool(rep and rep.unmet), unmet=rep.unmet if rep else 0,
-                versions=versions))
+                versions=versions,
+                instances=[InstanceLoad(id=lv.id, version=lv.version, server=lv.server,
+                                        state=lv.state, address=lv.address,
+                                        routed=self._serving(lv), inflight=lv.scur,
+                                        requests=lv.requests)
+                           for lv in sorted(lvs, key=lambda x: x.id)]))
         servers = []
         for name in self.agents:
             got = self.capacity.get(name)
