@@ -64,9 +64,28 @@ def test_restore_reseeds_each_copy(hello_shot, host, cleanup):
     cleanup.append(a)
     b = A.restore(hello_shot.path, host, lazy=False)
     cleanup.append(b)
+    # lazily too: its command line (on its stack) is not in memory before first touch, so
+    # its processes are found by their pids in the pod (recorded at capture)
+    c = A.restore(hello_shot.path, host, lazy=True)
+    cleanup.append(c)
+    assert json.loads((hello_shot.path / "restore.json").read_text())["tier_pids"] == \
+        {"web": [2]}
     time.sleep(0.2)
-    logs = [(i.log_dir / "web.log").read_text() for i in (a, b)]
+    logs = [(i.log_dir / "web.log").read_text() for i in (a, b, c)]
     assert all("reseeded" in text for text in logs), logs
+    ids = {_served_by(i) for i in (a, b, c)}
+    assert len(ids) == 3, ids
+
+
+def _served_by(inst) -> str:
+    import socket
+    with socket.create_connection((inst.address, inst.port), timeout=5) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    return next(line.split(b":", 1)[1].strip().decode() for line in data.split(b"\r\n")
+                if line.lower().startswith(b"x-edgeshot-served-by"))
 
 
 def test_eight_shop_pods_at_once_with_independent_state(shop_shot, host, cleanup):

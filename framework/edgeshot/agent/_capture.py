@@ -43,6 +43,9 @@ class RestoreMeta(BaseModel):
     tcp_established: bool = False
     source_included: bool = False
     dump_ms: float = 0.0
+    # tier -> pids of its processes in the pod's PID namespace (the same after a restore):
+    # the reseed signal finds its processes without reading their memory
+    tier_pids: dict[str, list[int]] = {}
 
 
 def _pod_processes(inst: Instance) -> list[int]:
@@ -147,6 +150,8 @@ def dump(inst: Instance, dest: Path, *, wait_connections_s: float = 2.0) -> Rest
         raise NotRestorable(["the instance's log pipes are unknown (started by another agent?)"])
     images = dest / IMAGES
     images.mkdir(parents=True, exist_ok=True, mode=0o700)
+    from ._pods import tier_pids
+    tiers = tier_pids(inst)
     tcp = _has_internal_tcp(inst)
     args = ["-t", str(inst.pid), "-D", str(images), "--external",
             f"net[{ns_inode(f'/run/netns/{inst.slot}')}]:slot", "--manage-cgroups=ignore"]
@@ -168,7 +173,8 @@ def dump(inst: Instance, dest: Path, *, wait_connections_s: float = 2.0) -> Rest
     shutil.rmtree(work, ignore_errors=True)
     spec = inst.spec.model_copy(update={"tiers": tuple(t.model_copy(update={"env": {}})
                                                        for t in inst.spec.tiers)})
-    meta = RestoreMeta(spec=spec, pipes=pipes, tcp_established=tcp, dump_ms=dump_ms)
+    meta = RestoreMeta(spec=spec, pipes=pipes, tcp_established=tcp, dump_ms=dump_ms,
+                       tier_pids=tiers)
     return meta
 
 

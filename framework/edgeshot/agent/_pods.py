@@ -437,6 +437,63 @@ def pod_pids(inst: Instance) -> list[int]:
     return out
 
 
+def _norm(argv: tuple[str, ...]) -> tuple[str, ...]:
+    return (os.path.basename(argv[0]), *argv[1:]) if argv else argv
+
+
+def cmdline(pid: int) -> tuple[str, ...]:
+    """A process's argv (empty when unreadable: gone, or its stack not yet restored)."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, OSError):
+        return ()
+    return tuple(a.decode(errors="replace") for a in raw.rstrip(b"\0").split(b"\0")) if raw \
+        else ()
+
+
+def tier_of(argv: tuple[str, ...], tiers: tuple[TierSpec, ...]) -> TierSpec | None:
+    """The tier whose command ``argv`` runs (interpreters may show a longer path)."""
+    a = _norm(argv)
+    if not a:
+        return None
+    for t in tiers:
+        cmd = _norm(t.command)
+        if a == cmd or len(cmd) > 1 and a[-len(cmd) + 1:] == cmd[1:] and a[0].startswith(cmd[0]):
+            return t
+    return None
+
+
+def ns_pid(pid: int) -> int | None:
+    """``pid`` as its own PID namespace numbers it (from the kernel, not its memory)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("NSpid:"):
+                    return int(line.split()[-1])
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        pass
+    return None
+
+
+def tier_pids(inst: Instance) -> dict[str, list[int]]:
+    """tier -> the pod-namespace pids of its processes, matched by command line. A restored
+    copy has the same pids, so its tiers are known without reading its memory (a lazily
+    restored process's command line may not be there yet). Empty when a command line
+    cannot be read."""
+    out: dict[str, list[int]] = {}
+    for pid in pod_pids(inst)[1:]:
+        argv = cmdline(pid)
+        nsp = ns_pid(pid)
+        if not argv or nsp is None:
+            if pid_alive(pid):
+                return {}
+            continue
+        t = tier_of(argv, inst.spec.tiers)
+        if t is not None:
+            out.setdefault(t.name, []).append(nsp)
+    return out
+
+
 def save(inst: Instance) -> None:
     # no fsync: a pod record describes processes that a machine crash ends anyway
     write_json(inst.pod_dir / "pod.json", inst.model_dump(mode="json"), durable=False)

@@ -25,7 +25,7 @@ from . import _criu, _logpump, _package, _workingset
 from ._capture import IMAGES, RESTORE_META, SOURCE, RestoreMeta
 from ._kits import set_nice
 from ._models import Instance
-from ._pods import Plumbing, pod_pids, save, wait_healthy
+from ._pods import Plumbing, cmdline, ns_pid, pod_pids, save, tier_of, wait_healthy
 from ._slots import SlotPool
 from ._sys import Steps, log, pid_alive, reap, wait_gone, wait_readable
 
@@ -131,7 +131,7 @@ def restore(appshot_dir: Path, manifest: _package.Manifest | None, state_dir: Pa
         steps("record")
         wait_healthy(inst, tiers=(spec.entry,))
         steps("health")
-        reseed(inst)
+        reseed(inst, meta.tier_pids)
         steps("reseed")
         inst.ready_ms = steps.total()
         inst.timings_ms = steps.ms
@@ -226,25 +226,28 @@ def finish_recording(inst: Instance) -> dict[int, set[int]]:
 _SIGNALS = {s.name: s for s in signal.Signals}
 
 
-def reseed(inst: Instance) -> list[int]:
+def reseed(inst: Instance, tier_pids: dict[str, list[int]] | None = None) -> list[int]:
     """Send each tier's declared reseed signal to its processes (restored copies share their
-    random state). Returns the pids signalled."""
-    def norm(argv: tuple[str, ...]) -> tuple[str, ...]:
-        return (os.path.basename(argv[0]), *argv[1:]) if argv else argv
+    random state). Returns the pids signalled.
 
-    wanted = {norm(t.command): _SIGNALS[t.reseed_signal]
-              for t in inst.spec.tiers if t.reseed_signal}
-    if not wanted:
+    With ``tier_pids`` (recorded at capture) processes are matched by their pid in the
+    pod's PID namespace; without, by command line, which a lazily restored process may
+    not have in memory yet (its stack arrives on first touch)."""
+    signals = {t.name: _SIGNALS[t.reseed_signal] for t in inst.spec.tiers if t.reseed_signal}
+    if not signals:
         return []
+    by_ns = {nsp: name for name, pids in (tier_pids or {}).items() for nsp in pids}
     done = []
     for pid in pod_pids(inst)[1:]:
-        try:
-            argv = norm(tuple(a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes()
-                              .rstrip(b"\0").split(b"\0")))
-        except FileNotFoundError:
-            continue
-        for cmd, sig in wanted.items():
-            if argv == cmd or argv[-len(cmd) + 1:] == cmd[1:] and argv[0].startswith(cmd[0]):
-                os.kill(pid, sig)
-                done.append(pid)
+        if by_ns:
+            name = by_ns.get(ns_pid(pid))
+        else:
+            t = tier_of(cmdline(pid), inst.spec.tiers)
+            name = t.name if t else None
+        if name in signals:
+            try:
+                os.kill(pid, signals[name])
+            except ProcessLookupError:
+                continue
+            done.append(pid)
     return done
