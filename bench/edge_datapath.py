@@ -386,6 +386,10 @@ def bench_throughput(net: Net, rounds: int, seconds: float) -> dict:
             res[name].append(w)
     plain.send_signal(signal.SIGTERM)
     plain.wait(timeout=10)
+    served = {r["svname"]: int(r.get("stot") or 0)
+              for r in _stat(net.root / "edge-state" / "run" / "admin.sock")
+              if r.get("pxname") == "tiny" and r.get("svname") != "BACKEND"}
+    print(f"  (edgeshot sessions per server: {served})")
     out = {}
     for name, runs in res.items():
         out[name] = {k: statistics.median(x[k] for x in runs)
