@@ -394,6 +394,7 @@ class Edge:
                                 ("app", "edgepoint", "owner"), registry=r)
         self.m_log_lines = Counter("edgeshot_edge_log_lines_total", "HAProxy log lines read",
                                    ("edgepoint",), registry=r)
+        self._log_lines = self.m_log_lines.labels(self.cfg.edgepoint)
 
     # -- life cycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -591,30 +592,47 @@ class Edge:
                 raise ApiError(422, "unroutable", f"placement {a.id}: {exc}") from None
 
     async def set_placements(self, items: tuple[PlacementAssignment, ...]) -> None:
+        """Serve exactly these placements. HAProxy routes a new app before any decision
+        sees it (the decision loop waits meanwhile); a removed app's instances go first,
+        then its routes."""
         self._check_assignments(items)
         new = {a.id: a for a in items}
-        before = {pid: pr.conf(()) for pid, pr in self.placements.items()}
-        removed = [pid for pid in self.placements if pid not in new]
-        for pid, a in new.items():
-            if pid in self.placements:
-                self.placements[pid].update(a)
-            else:
-                self.placements[pid] = PlacementRuntime(a, self.cfg, self._cookie_key(a.app.name))
-        self.store.save_placements({pid: json.loads(a.model_dump_json())
-                                    for pid, a in new.items()})
-        for a in new.values():  # staged instances' traffic is billed to their owner too
-            for s in a.stage.servers if a.stage else ():
-                self.store.remember(InstanceMeta(s.name, a.app.name, a.stage.version,
-                                                 a.placement.owner, a.placement.vendor, "",
-                                                 s.address), datetime.now(UTC))
-        for pid in removed:
-            await self._retire(pid)
-        self.by_app = {pr.app: pid for pid, pr in self.placements.items()}
-        after = {pid: pr.conf(()) for pid, pr in self.placements.items()}
-        if before != after:
-            await self._reconfigure()
-        for pr in self.placements.values():
-            await self._reweigh(pr.app)
+        async with self.tick_lock:
+            before = self._routing()
+            removed = [pid for pid in self.placements if pid not in new]
+            self.retiring.update(removed)
+            for pid, a in new.items():
+                self.retiring.discard(pid)
+                if pid in self.placements:
+                    self.placements[pid].update(a)
+                else:
+                    self.placements[pid] = PlacementRuntime(a, self.cfg,
+                                                            self._cookie_key(a.app.name))
+            self.store.save_placements({pid: json.loads(a.model_dump_json())
+                                        for pid, a in new.items()})
+            for a in new.values():  # staged instances' traffic is billed to their owner too
+                for s in a.stage.servers if a.stage else ():
+                    self.store.remember(InstanceMeta(s.name, a.app.name, a.stage.version,
+                                                     a.placement.owner, a.placement.vendor, "",
+                                                     s.address), datetime.now(UTC))
+            self.by_app = {pr.app: pid for pid, pr in self.placements.items()}
+            if self._routing() != before:
+                await self._reconfigure()
+            for pid in new:
+                await self._reweigh(self.placements[pid].app)
+        if removed:
+            await asyncio.gather(*(self._retire(pid) for pid in removed),
+                                 return_exceptions=True)
+            async with self.tick_lock:
+                for pid in removed:
+                    if pid in self.retiring:  # not placed again meanwhile
+                        self.placements.pop(pid, None)
+                        self.retiring.discard(pid)
+                self.by_app = {pr.app: pid for pid, pr in self.placements.items()}
+                await self._reconfigure()
+
+    def _routing(self) -> dict[str, H.AppConf]:
+        return {pid: pr.conf(()) for pid, pr in self.placements.items()}
 
     async def update_placement(self, pid: str, u: PlacementUpdate) -> PlacementAssignment:
         pr = self.placements.get(pid)
@@ -635,9 +653,8 @@ class Edge:
         return a
 
     async def _retire(self, pid: str) -> None:
-        """A placement taken away: its instances stop, its warm pool goes."""
-        pr = self.placements.pop(pid)
-        self.retiring.add(pid)  # no decisions for it while its instances go
+        """A placement taken away (marked retiring: no decisions for it): its instances
+        stop, its warm pool goes."""
         tasks = []
         for live in list(self.live.values()):
             if live.placement == pid and live.state != "starting" and live.id not in self.busy:
@@ -645,14 +662,9 @@ class Edge:
                                                    reason="placement-removed")))
         for snap in list(self.snaps.values()):
             if snap.placement == pid:
-                tasks.append(self._discard(Discard(pid, snap.id, snap.server, "placement-removed")))
-        self.placements[pid] = pr  # still known while its instances go
-        try:
-            await asyncio.gather(*tasks, return_exceptions=True)
-        finally:
-            if self.placements.get(pid) is pr:
-                self.placements.pop(pid, None)
-            self.retiring.discard(pid)
+                tasks.append(self._discard(Discard(pid, snap.id, snap.server,
+                                                   "placement-removed")))
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- HAProxy ---------------------------------------------------------------------------
     def _hconf(self) -> H.HAProxyConf:
@@ -869,6 +881,16 @@ class Edge:
                     and s not in seen and s not in self.busy]:
             self.snaps.pop(sid)
 
+    async def _route_again(self, lv: Live) -> None:
+        try:
+            await self._add_to_haproxy(lv)
+            log.info("instance %s added to HAProxy", lv.id)
+        except (H.HAProxyError, OSError, TimeoutError) as exc:
+            log.warning("instance %s still not in HAProxy: %s", lv.id, exc)
+            lv.since = time.monotonic()  # try again in a second
+        finally:
+            self.busy.discard(lv.id)
+
     async def _add_to_haproxy(self, lv: Live) -> None:
         assert self.haproxy is not None
         pr = self.placements.get(lv.placement)
@@ -877,9 +899,13 @@ class Edge:
         if (pr.app, lv.id) in self.leftover_servers:  # the same instance, back
             await self._remove_server(pr.app, lv.id, attempts=10)
             self.leftover_servers.discard((pr.app, lv.id))
-        await self.haproxy.admin.add_server(pr.app, H.Server(lv.id, lv.address,
-                                                             weight=lv.weight or 1),
-                                            affinity=pr.conf(()).affinity)
+        try:
+            await self.haproxy.admin.add_server(pr.app, H.Server(lv.id, lv.address,
+                                                                 weight=lv.weight or 1),
+                                                affinity=pr.conf(()).affinity)
+        except H.HAProxyError as exc:
+            if "already" not in str(exc).lower():  # a reload rendered it meanwhile: fine
+                raise
         self._srv_seen[(self.worker, pr.app, lv.id)] = (0, 0)  # counters start at zero
         lv.routed = True
         lv.cookie = await self._cookie_of(pr.app, lv.id)
@@ -953,6 +979,12 @@ class Edge:
             pr.stable.add(now, c)
             pr.panic.add(now, c)
             self.m_queued.labels(app, self.cfg.edgepoint).set(q)
+        if self.mode == "haproxy":
+            for lv in list(self.live.values()):
+                if lv.state == "ready" and not lv.routed and lv.id not in self.busy \
+                        and now - lv.since > 1.0 and lv.placement in self.placements:
+                    self.busy.add(lv.id)
+                    self._spawn(self._route_again(lv))
         view = self._view(now)
         t0 = time.perf_counter()
         d = decide(view, self.memory, now, self.tuning)
@@ -1125,7 +1157,11 @@ class Edge:
             # address); HAProxy routes the next ones as soon as the server is added
             self.activator.notify(pr.app)
             if self.mode == "haproxy":
-                await self._add_to_haproxy(lv)
+                try:
+                    await self._add_to_haproxy(lv)
+                except (H.HAProxyError, OSError, TimeoutError) as exc:
+                    # it runs: the tick adds it to HAProxy again (e.g. after a reload)
+                    log.warning("instance %s is ready but not yet in HAProxy: %s", lv.id, exc)
             else:
                 await self._reweigh(pr.app)
             self.store.remember(InstanceMeta(info.id, info.app, info.version, info.owner,
@@ -1289,7 +1325,7 @@ class Edge:
             self.placements[pid].last_request = time.monotonic()
 
     def _on_log(self, data: bytes) -> None:
-        self.m_log_lines.labels(self.cfg.edgepoint).inc()
+        self._log_lines.inc()
         p = parse_line(data)
         if p is None:
             return
