@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,7 @@ def test_site_installs_everything(first_run):
         (shot,) = rep[name]["appshot"]
         assert (shot["name"], shot["app"], shot["changed"]) == ("hello-1", "hello", True)
     assert rep["controller"]["controller"]["available"] is True
+    assert rep["controller"]["controller_exclusions"] == {}  # every edgepoint routed
     # the progress view: a line for the unusable CRIU and the final table
     assert "CRIU unusable on north-2" in first_run.output
     for name in ("north-1", "north-2", "south-1", "controller"):
@@ -210,8 +212,20 @@ def test_unreachable_server_is_reported_and_excluded(first_run, lab, lab_dir, in
     assert r.hosts["south-1"].status == "unreachable" and r.hosts["south-1"].unreachable
     assert any("unreachable" in e for e in r.hosts["south-1"].errors)
     assert r.excluded_edgepoints == ["south"]
-    assert r.hosts["controller"].status == "ok" and r.hosts["controller"].changed == 0, \
+    # the one change on the controller: south is kept out of routing
+    assert r.hosts["controller"].status == "changed" and r.hosts["controller"].changed == 1, \
         r.hosts["controller"]
     assert r.failed_hosts == ["south-1"] and not r.ok
+    from edgeshot.control.exclusions import NOT_CONFIGURED
+    assert r.hosts["controller"].reports["controller_exclusions"] == {
+        "south": f"south-1: {NOT_CONFIGURED}"}
+    held = json.loads(sh(lab, "controller", "cat /etc/edgeshot/excluded-servers.json"))
+    assert held["servers"] == {"south-1": {"edgepoint": "south", "reason": NOT_CONFIGURED}}
+    # the running controller reads it at its next tick, without a restart
+    deadline = time.monotonic() + 30
+    while "edgepoints kept out of routing: south" not in (log := sh(
+            lab, "controller", "journalctl -u edgeshot-controller --no-pager -o cat")):
+        assert time.monotonic() < deadline, log[-2000:]
+        time.sleep(1)
     # back on the network, it answers again
     assert south.ssh("true", check=False).returncode == 0

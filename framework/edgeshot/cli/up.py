@@ -6,7 +6,16 @@ Pulumi's Automation API with a local file backend next to the policy file
 when it is missing, this says how to install it, together with every other problem
 found before anything starts. Tokens and the signing key are made on first use and
 kept, encrypted, in the stack's configuration; the inventory is written next to the
-state for the configure step.
+state.
+
+Then it configures the servers (`edgeshot.configure.configure`: site.yml over SSH, from
+the stack's `inventory`, `secrets` and `signing_public_key` outputs) and reports each
+server's result. The stack program does not hold the `Configuration` resource (it
+would put one operator's key path and Ansible into every `pulumi up` of the stack
+templates), so this is the one place both happen. A server that fails keeps its
+edgepoint out of routing (site.yml's last play tells the controller) and the rest of
+the rollout goes on; the exit status is non-zero only when nothing usable was
+configured (the controller, or every edgepoint, not configured).
 
 Register in the main CLI (the local `up --local` path stays the main CLI's):
 
@@ -22,6 +31,7 @@ import json
 import os
 import secrets
 import shutil
+import sys
 from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any
@@ -33,6 +43,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from edgeshot.configure import Outcome, outcome
 from edgeshot.plan import Plan, compile_plan
 from edgeshot.spec import SpecError, load
 
@@ -92,6 +103,50 @@ def preflight(plan: Plan, env: dict[str, str] | None = None, ssh_key: Path | Non
     elif not key.is_file():
         problems.append(f"--ssh-key {key}: no such file")
     return problems
+
+
+def private_key_of(public: Path, env: dict[str, str]) -> tuple[Path | None, str | None]:
+    """The SSH private key Ansible uses: the file beside the public key, else the ssh-agent
+    (None); or why there is none."""
+    private = public.with_suffix("") if public.suffix == ".pub" else None
+    if private is not None and private.is_file():
+        return private, None
+    if env.get("SSH_AUTH_SOCK"):
+        return None, None
+    return None, (f"no private key for {public} (expected {private or public.name + ' without .pub'}"
+                  " or a running ssh-agent): configuring the servers logs in with it")
+
+
+def cache_dir(env: dict[str, str], home: Path) -> Path:
+    """Where scripts/setup.d caches builds (CRIU) and edgeshot keeps its wheelhouse."""
+    if env.get("EDGESHOT_CACHE"):
+        return Path(env["EDGESHOT_CACHE"])
+    return Path(env.get("XDG_CACHE_HOME") or home / ".cache") / "edgeshot"
+
+
+def criu_source(cache: Path) -> dict[str, Any]:
+    """configure() arguments for CRIU on the agents: the newest build that
+    scripts/setup.d/20-criu.sh cached here, else the distribution's package (where that one
+    fails `criu check`, the agents cold-start and the report says so)."""
+    def version(p: Path) -> tuple[int, ...]:
+        return tuple(int(x) for x in p.parent.name.split(".") if x.isdigit())
+    builds = sorted((p for p in cache.glob("criu/*/criu") if os.access(p, os.X_OK)), key=version)
+    if builds:
+        return {"criu_binary": builds[-1]}
+    return {"extra_vars": {"criu_install": "package"}}
+
+
+def verdict_line(network: str, verdict: Outcome) -> str:
+    """The last line of `edgeshot up` (rich markup): what the network can do now."""
+    total = len(verdict.configured) + len(verdict.not_configured)
+    done = f"{len(verdict.configured)} of {total} servers configured"
+    if verdict.unusable is not None:
+        return f"[bold red]network {escape(network)} is not usable:[/] {escape(verdict.unusable)}"
+    if not verdict.excluded:
+        return f"[green]network {escape(network)} is up:[/] {done}; every edgepoint is routed"
+    eps = ", ".join(e.edgepoint for e in verdict.excluded)
+    return (f"[yellow]network {escape(network)} is up without {escape(eps)}:[/] {done}; "
+            "kept out of routing until `edgeshot up` configures their servers")
 
 
 def new_signing_key() -> str:
@@ -183,8 +238,32 @@ def _print_inventory(inventory: dict[str, Any], path: Path) -> None:
         table.add_row(name, s["role"], s["edgepoint"] or "—", s["region"], s["address"] or "—",
                       s["private_address"] or "—")
     out.print(table)
-    out.print(f"inventory for the configure step: {path}  (secrets: `pulumi stack output "
-              "secrets --show-secrets` in the state's workspace)", highlight=False)
+    out.print(f"inventory: {path}  (secrets: `pulumi stack output secrets --show-secrets` "
+              "in the state's workspace)", highlight=False)
+
+
+def _configure(plan: Plan, outputs: dict[str, Any], private_key: Path | None, state: Path,
+               stack_name: str, home: Path) -> Outcome:
+    """site.yml over the stack's servers; the progress view ends with the per-server table
+    and the edgepoints kept out of routing."""
+    from edgeshot.configure import build_wheelhouse, configure, source_tree
+
+    cache = cache_dir(dict(os.environ), home)
+    kwargs: dict[str, Any] = criu_source(cache)
+    try:
+        project: Path | None = source_tree()
+    except FileNotFoundError:
+        project = None
+    if project is not None:  # this edgeshot, as wheels (the servers need this Python minor)
+        kwargs["wheelhouse"] = build_wheelhouse(
+            cache / f"wheelhouse-py{sys.version_info[0]}{sys.version_info[1]}", project)
+    else:  # installed from a package: the servers' package index has it too
+        kwargs["pip_spec"] = f"edgeshot=={metadata.version('edgeshot')}"
+    result = configure(
+        outputs["inventory"].value, plan, secrets=outputs["secrets"].value,
+        signing_public_key=outputs["signing_public_key"].value, ssh_key=private_key,
+        known_hosts=state / f"{stack_name}.known_hosts", progress=out, **kwargs)
+    return outcome(result.summary())
 
 
 def cloud_up(
@@ -207,12 +286,14 @@ def cloud_up(
     plan = _load_cloud_plan(file)
     home = Path(os.environ.get("HOME") or Path.home())
     problems = preflight(plan, ssh_key=ssh_key, home=home)
-    if problems:
-        raise _fail(problems)
+    key_file = ssh_key or default_ssh_key(home)
+    private_key, no_key = (private_key_of(key_file, dict(os.environ))
+                           if key_file and key_file.is_file() and not preview else (None, None))
+    if problems or no_key:
+        raise _fail([*problems, *([no_key] if no_key else [])])
     state = _state_dir(file, state_dir)
     st = _stack(plan, file, stack or plan.network, state)
     existing = st.get_all_config()
-    key_file = ssh_key or default_ssh_key(home)
     public_key = key_file.read_text() if key_file and (
         ssh_key or "edgeshot:sshPublicKey" not in existing) else None
     values, problems = stack_settings(plan, file, existing, owner, public_key)
@@ -242,6 +323,18 @@ def cloud_up(
     path = state / f"{st.name}.inventory.json"
     path.write_text(json.dumps(inventory, indent=1) + "\n")
     _print_inventory(inventory, path)
+    try:
+        verdict = _configure(plan, outputs, private_key, state, st.name, home)
+    except (ImportError, FileNotFoundError, ValueError, RuntimeError) as exc:
+        hint = ("; it needs edgeshot[configure] (ansible-core, ansible-runner)"
+                if isinstance(exc, ImportError) else "")
+        err.print(f"[bold red]configuring the servers failed:[/] {escape(str(exc) + hint)}; "
+                  "the servers are up: run `edgeshot up` again to configure them",
+                  highlight=False)
+        raise typer.Exit(1) from None
+    out.print(verdict_line(plan.network, verdict), highlight=False)
+    if verdict.exit_code:
+        raise typer.Exit(verdict.exit_code)
 
 
 def cloud_destroy(

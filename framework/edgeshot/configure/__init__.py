@@ -4,6 +4,7 @@
     result = configure(Inventory.parse("inventory.json"), plan, secrets=..., ssh_key=...)
     result.hosts["fsn-1"].status       # ok | changed | failed | unreachable | missing
     result.excluded_edgepoints         # kept out of routing until fixed
+    outcome(result.summary()).unusable  # why the network cannot serve, or None
 
 - `configure` runs playbooks/site.yml with ansible-runner, drawing a rich
   progress view, and returns per-host results;
@@ -25,7 +26,8 @@ _EXPORTS = {
     "inventory_from_plan": "_inventory", "ansible_inventory": "_inventory",
     "configure": "_run", "ConfigureResult": "_run", "HostResult": "_run",
     "AppshotSource": "_run", "playbooks_hash": "_run", "default_playbooks_dir": "_run",
-    "pack_wheelhouse": "_run", "build_wheelhouse": "_wheels",
+    "pack_wheelhouse": "_run", "build_wheelhouse": "_wheels", "source_tree": "_wheels",
+    "outcome": "_report", "Outcome": "_report", "Exclusion": "_report",
     "Fleet": "remote", "CommandResult": "remote",
     "Configuration": "resource", "ConfigurationProvider": "resource",
 }

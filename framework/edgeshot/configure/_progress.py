@@ -17,8 +17,7 @@ from rich.markup import escape
 from rich.spinner import Spinner
 from rich.table import Table
 
-_STYLE = {"ok": "green", "changed": "yellow", "failed": "bold red", "unreachable": "bold red",
-          "missing": "red", "running": "cyan", "waiting": "dim"}
+from ._report import STYLE, render
 
 
 class ProgressView:
@@ -89,7 +88,7 @@ class ProgressView:
             st = self.state[name]
             c = self.counts[name]
             t.add_row(escape(name), escape(r.edgepoint or "—"),
-                      f"[{_STYLE.get(st, '')}]{st}[/]", str(c["ok"]), str(c["changed"]),
+                      f"[{STYLE.get(st, '')}]{st}[/]", str(c["ok"]), str(c["changed"]),
                       str(c["failed"]), escape(self.task.get(name, "")[:60]))
         return Group(t, Spinner("dots", text="running site.yml"))
 
@@ -108,23 +107,9 @@ class ProgressView:
             self._live = None
 
     def summary(self, result: Any) -> None:
-        t = Table(title=f"network {escape(result.network)}: {result.status} in "
-                        f"{result.duration_s:.0f} s", title_justify="left")
-        for col in ("server", "edgepoint", "result", "ok", "changed", "failed", "notes"):
-            t.add_column(col)
-        for name, h in result.hosts.items():
-            notes = "; ".join(h.errors[:2])
-            criu = h.reports.get("criu")
-            if criu and not criu.get("usable"):
-                notes = "; ".join(x for x in (notes, "cold-starts: " + str(criu.get("reason")))
-                                  if x)
-            t.add_row(escape(name), escape(h.edgepoint or "—"),
-                      f"[{_STYLE.get(h.status, '')}]{h.status}[/]", str(h.ok), str(h.changed),
-                      str(h.failed), escape(notes[:120]))
-        self.console.print(t)
-        if result.excluded_edgepoints:
-            self.console.print("[bold red]kept out of routing:[/] "
-                               + escape(", ".join(result.excluded_edgepoints)), highlight=False)
+        """The final table: per server its result, and the edgepoints kept out of routing."""
+        self.console.print(render(result.summary(), f"network {result.network}: "
+                                  f"{result.status} in {result.duration_s:.0f} s"))
 
 
 def _msg(data: dict[str, Any]) -> str:

@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edgeshot.plan import Plan
 
 from ._inventory import Inventory, InventoryHost, ansible_inventory, plan_with_addresses
+from ._report import exclusions
 
 HostStatus = Literal["ok", "changed", "failed", "unreachable", "missing"]
 SECRET_NAMES = ("edgeAgentToken", "controllerAgentToken", "controllerEdgeToken", "signingKey")
@@ -147,8 +148,7 @@ class ConfigureResult(BaseModel):
     @property
     def excluded_edgepoints(self) -> list[str]:
         """Edgepoints with a server that failed: kept out of routing until it is fixed."""
-        return sorted({h.edgepoint for h in self.hosts.values()
-                       if h.edgepoint and not h.succeeded})
+        return [e.edgepoint for e in exclusions(self._hosts_data())]
 
     @property
     def controller_ok(self) -> bool:
@@ -159,17 +159,24 @@ class ConfigureResult(BaseModel):
     def ok(self) -> bool:
         return not self.failed_hosts
 
+    def _hosts_data(self) -> dict[str, dict[str, Any]]:
+        return {n: {"status": h.status, "edgepoint": h.edgepoint, "roles": list(h.roles),
+                    "ok": h.ok, "changed": h.changed, "failed": h.failed,
+                    "unreachable": h.unreachable, "errors": h.errors[:5], "reports": h.reports}
+                for n, h in self.hosts.items()}
+
     def summary(self) -> dict[str, Any]:
-        """Plain data for Pulumi outputs and JSON reports (no secrets, ever)."""
+        """Plain data for Pulumi outputs and JSON reports (no secrets, ever); what
+        ``edgeshot.configure._report`` judges."""
+        hosts = self._hosts_data()
         return {
+            "network": self.network,
             "status": self.status,
+            "duration_s": self.duration_s,
             "changed": self.changed,
             "failed_hosts": self.failed_hosts,
-            "excluded_edgepoints": self.excluded_edgepoints,
-            "hosts": {n: {"status": h.status, "ok": h.ok, "changed": h.changed,
-                          "failed": h.failed, "unreachable": h.unreachable,
-                          "errors": h.errors[:5], "reports": h.reports}
-                      for n, h in self.hosts.items()},
+            "excluded_edgepoints": [e.edgepoint for e in exclusions(hosts)],
+            "hosts": hosts,
         }
 
 
@@ -320,6 +327,11 @@ def configure(
         if criu_binary:
             all_vars |= {"criu_install": "binary",
                          "criu_binary": str(Path(criu_binary).resolve())}
+        # servers without an address are not in Ansible's inventory: site.yml's last play
+        # still keeps their edgepoints out of routing
+        all_vars["edgeshot_unprovisioned"] = {
+            h.name: h.edgepoint for h in inv.servers.values()
+            if h.name in results and results[h.name].status == "missing" and h.edgepoint}
         if plan is not None and getattr(plan, "operators", None):
             all_vars["edgeshot_operators"] = list(plan.operators)
         if plan is not None:

@@ -9,9 +9,11 @@ Its inputs are the playbooks' content hash and the inventory (plus the plan, the
 secrets and the run's options): when any of them changes, `pulumi up` runs the
 configuration again (`create`/`update` call `edgeshot.configure.configure`). A
 run whose hosts partly failed is not an error: the outputs name the failed hosts
-and the edgepoints kept out of routing, and the next `pulumi up` retries them
-(`diff` reports a change while any host failed). Only a run in which the
-controller or every host failed makes the resource fail.
+and the edgepoints kept out of routing (site.yml's last play has told the
+controller not to route to them), and the next `pulumi up` retries them (`diff`
+reports a change while any host failed). Only a run that leaves nothing to route
+to (the controller or every edgepoint not configured) makes the resource fail
+(`edgeshot.configure._report.outcome`, as `edgeshot up` judges it).
 
 The provider's methods are plain Python: the tests call them directly.
 """
@@ -87,6 +89,7 @@ class ConfigurationProvider(ResourceProvider):
         from edgeshot.plan import Plan
 
         from ._inventory import Inventory
+        from ._report import outcome, why
         from ._run import playbooks_hash
 
         opts = dict(props.get("options") or {})
@@ -106,14 +109,14 @@ class ConfigurationProvider(ResourceProvider):
             extra_vars=opts.get("extra_vars"), forks=int(opts.get("forks") or 20),
             timeout=opts.get("timeout"), progress=opts.get("progress", True))
         summary = result.summary()
-        if not result.hosts or all(not h.succeeded for h in result.hosts.values()) or \
-                not result.controller_ok:
-            bad = "; ".join(f"{n}: {h.status} ({'; '.join(h.errors[:2])})"
-                            for n, h in result.hosts.items() if not h.succeeded)
-            raise ConfigurationFailed(f"configuring network {inv.network} failed: {bad}")
-        for name in result.failed_hosts:
-            pulumi.log.warn(f"{name}: {result.hosts[name].status}; edgepoint kept out of "
-                            "routing until the next `pulumi up` configures it")
+        verdict = outcome(summary)
+        if verdict.unusable is not None:
+            bad = "; ".join(f"{n}: {why(summary['hosts'][n])}" for n in verdict.not_configured)
+            raise ConfigurationFailed(f"configuring network {inv.network} failed: "
+                                      f"{verdict.unusable} ({bad or 'no servers'})")
+        for ex in verdict.excluded:
+            pulumi.log.warn(f"edgepoint {ex.edgepoint} kept out of routing until the next "
+                            f"`pulumi up` configures it: {ex.why}")
         return {
             **{k: props.get(k) for k in WATCHED},
             "network": inv.network,

@@ -55,6 +55,9 @@ class ControllerConfig(_Section):
     edges: dict[str, str] = Field(default_factory=dict, description="edge API URL per edgepoint "
                                   "(default from the plan's addresses)")
     agents: dict[str, str] = Field(default_factory=dict, description="agent URL per server")
+    excluded_file: Path | None = Field(None, description="servers the configuration could not "
+                                       "set up (edgeshot.control.exclusions): their edgepoints "
+                                       "are not routed; re-read when it changes")
     tick_s: float = Field(1.0, gt=0, description="edge reports -> routing table -> dispatcher")
     agent_poll_s: float = Field(5.0, gt=0)
     edge_timeout_s: float = Field(2.0, gt=0)
@@ -76,7 +79,7 @@ class ControllerConfig(_Section):
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
         base = path.resolve().parent
         for key in ("state_dir", "plan", "base_dir", "tokens_file", "agent_token_file",
-                    "edge_token_file"):
+                    "edge_token_file", "excluded_file"):
             if isinstance(data.get(key), str):
                 data[key] = str(base / Path(data[key]).expanduser())
         disp = data.get("dispatcher")

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from edgeshot.plan import Plan, read_plan
 from edgeshot.spec import REGIONS
 
 from ._canary import CanaryPolicy
-from ._config import ControllerConfig
+from ._config import ConfigError, ControllerConfig
 from ._decide import DispatchPolicy, Geometry, Placed, RoutingTable, Site, UserRegion, decide
 from ._deploy import DeployError, DeploymentCenter
 from ._dispatcher import (
@@ -36,6 +37,7 @@ from ._dispatcher import (
 )
 from ._edges import EdgeLink, EdgeStatus
 from ._store import Store
+from .exclusions import ExclusionsError, Watched
 from .metering import Metering
 
 log = logging.getLogger("edgeshot.controller")
@@ -84,6 +86,10 @@ class Controller:
         self.ticks = 0
         self.last_tick_ms = 0.0
         self.dispatcher_note: str | None = None
+        try:  # edgepoints whose servers the configuration could not set up: not routed
+            self.exclusions = Watched(config.excluded_file)
+        except ExclusionsError as exc:
+            raise ConfigError(str(exc)) from None
         if agents is None:
             token = auth.read_secret(config.agent_token_file)
             agents = {s.name: AgentClient(config.agents.get(s.name) or agent_url(self.plan, s.name),
@@ -248,19 +254,26 @@ class Controller:
                 return EdgeStatus(name, healthy=False, error=str(exc) or type(exc).__name__)
 
         results = await asyncio.gather(*(one(n, link) for n, link in self.edges.items()))
+        self.exclusions.refresh()
+        excluded = self.exclusions.current.edgepoints()
         statuses = {}
+        back = []
         for st in results:
+            if st.edgepoint in excluded:  # down for routing and shares, whatever it reports
+                st = replace(st, healthy=False,
+                             error=f"kept out of routing: {excluded[st.edgepoint]}")
             prev = self.deploy.status.get(st.edgepoint)
             statuses[st.edgepoint] = st
             if prev is not None and prev.healthy != st.healthy:
                 self.store.event("edgepoint-up" if st.healthy else "edgepoint-down",
-                                 f"{st.edgepoint} {'healthy' if st.healthy else 'unreachable'}"
+                                 f"{st.edgepoint} {'healthy' if st.healthy else 'down'}"
                                  + (f": {st.error}" if st.error else ""), edgepoint=st.edgepoint)
             if st.healthy and (prev is None or not prev.healthy):
-                # first seen, or back: a (re)started edge process starts empty
-                await self.deploy.push_edgepoint(st.edgepoint)
+                back.append(st.edgepoint)
             self.store.report_edgepoint(st.edgepoint, st.healthy, st.load, st.to_json())
         self.deploy.status = statuses
+        for ep in back:  # first seen, or back: a (re)started edge process starts empty; its
+            await self.deploy.push_edgepoint(ep)  # share counts it as healthy already
         return statuses
 
     def routing_inputs(self, health: dict[str, bool] | None = None
