@@ -1,7 +1,9 @@
 """The activator: HAProxy's backup server for an app with no ready instance (as in Knative).
 
 HAProxy sends a request here only when no instance of its app is up at this
-edgepoint (the backend's ``X-Edgeshot-App`` header names the app). The activator
+edgepoint. The activator finds the app by the request's routing key, as HAProxy's
+maps did (a header set by HAProxy would cost every request, not only these; one
+sent by a client is ignored). It
 tells the resource manager there is demand (``queued`` counts held requests: the
 decision restores at once from zero), holds the request in a bounded queue, and as
 soon as an instance is ready (``notify``) forwards it straight to the instance's slot
@@ -40,9 +42,8 @@ log = logging.getLogger("edgeshot.edge")
 HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
                         "te", "trailer", "trailers", "transfer-encoding", "upgrade",
                         "content-length"})
-APP_HEADER = "X-Edgeshot-App"
 
-__all__ = ["Target", "Activator", "Router", "APP_HEADER"]
+__all__ = ["Target", "Activator", "Router"]
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class Activator:
         self.waiting: dict[str, int] = {}
         self.events: dict[str, asyncio.Event] = {}
         self.router: Router | None = None
+        self.routes = False  # True without HAProxy: cleave routes and affinity here too
         self.origins: dict[str, Target] = {}
         self.held_total = 0
         self.timeouts = 0
@@ -135,15 +137,19 @@ class Activator:
 
     async def start_tcp(self, host: str, port: int, router: Router) -> None:
         """Serve the edgepoint's data path directly (no HAProxy)."""
-        self.set_router(router)
+        self.set_router(router, routes=True)
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
                                shutdown_timeout=2.0)
         await runner.setup()
         await web.TCPSite(runner, host, port, reuse_address=True).start()
         self._runners.append(runner)
 
-    def set_router(self, router: Router) -> None:
+    def set_router(self, router: Router, *, routes: bool = False) -> None:
+        """The edgepoint's apps. ``routes``: this is the whole data path (no HAProxy),
+        so cleave routes, origins and affinity are decided here too; behind HAProxy
+        only the app is looked up (HAProxy chose the edge route already)."""
         self.router = router
+        self.routes = routes
         self.origins = {}
         for app in router.apps.values():
             if app.origin is not None:
@@ -180,16 +186,12 @@ class Activator:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         t0 = time.monotonic()
         side = "edge"
-        if self.router is not None:
-            appc = self.router.app_of(request.host or "", request.path)
-            if appc is None:
-                return web.Response(status=404, text="no application here\n")
-            app = appc.name
+        appc = self.router.app_of(request.host or "", request.path) if self.router else None
+        if appc is None or not self.known(appc.name):
+            return web.Response(status=404, text="no application here\n")
+        app = appc.name
+        if self.routes:
             side = self.router.side(appc, request.method, request.path)
-        else:
-            app = request.headers.get(APP_HEADER, "")
-            if not app or not self.known(app):
-                return web.Response(status=404, text="no application here\n")
         region = request.headers.get("X-Edgeshot-Region", "-")[:48] or "-"
         if side == "origin":
             target = self.origins.get(app)
@@ -197,7 +199,7 @@ class Activator:
                 return web.Response(status=502, text="no origin for this route\n")
             return await self._forward(request, app, target, t0, region, False)
         cookie = None
-        if self.router is not None:
+        if self.routes:
             cookie = request.cookies.get(_cookie_name(app))
         target = self.pick(app, cookie)
         held = target is None
@@ -245,7 +247,7 @@ class Activator:
                        region: str, held: bool) -> web.StreamResponse:
         body = await request.read()
         headers = {k: v for k, v in request.headers.items()
-                   if k.lower() not in HOP_BY_HOP and k != APP_HEADER}
+                   if k.lower() not in HOP_BY_HOP}
         if target.host:
             headers["Host"] = target.host
         url = f"{target.scheme}://{target.address}{target.path_prefix}{request.path_qs}"

@@ -424,6 +424,7 @@ class Edge:
             (self.cfg.state_dir / "log.port").write_text(f"{self.log_port}\n")
             await self.activator.start_unix(self.run_dir / "activator.sock")
             self.haproxy = H.HAProxyProcess(self._hconf(), binary)  # type: ignore[arg-type]
+            self.activator.set_router(Router(self.hconf))  # it finds apps as HAProxy does
             await self._start_haproxy()
         else:
             await self.activator.start_tcp(cfg.listen, cfg.http_port, Router(self._hconf()))
@@ -737,10 +738,9 @@ class Edge:
             await self._reweigh(app, force=True)
 
     async def _reconfigure(self) -> None:
-        if self.mode == "activator":
-            self.activator.set_router(Router(self._hconf()))
-            return
-        await self._reload()
+        self.activator.set_router(Router(self._hconf()), routes=self.mode == "activator")
+        if self.mode == "haproxy":
+            await self._reload()
 
     async def _reload(self) -> None:
         """Write the configuration with the current instances and reload seamlessly; the
