@@ -33,7 +33,7 @@ from ._dispatcher import (
     DispatcherConfig,
     DispatcherError,
     GlobalDispatcher,
-    haproxy_binary,
+    find_haproxy,
 )
 from ._edges import EdgeLink, EdgeStatus
 from ._store import Store
@@ -128,7 +128,7 @@ class Controller:
         if not d.enabled:
             self.dispatcher_note = "disabled in the configuration"
             return None
-        if haproxy_binary(d.haproxy) is None:
+        if find_haproxy(d.haproxy) is None:
             self.dispatcher_note = ("HAProxy is not installed (`make system` as root): no "
                                     "global dispatcher; use the edgepoints' URLs directly")
             log.warning("global dispatcher: %s", self.dispatcher_note)

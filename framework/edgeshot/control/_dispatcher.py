@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import shutil
 import signal
 import subprocess
 from dataclasses import dataclass, field
@@ -22,9 +20,17 @@ from pathlib import Path
 
 import jinja2
 
+from .._haproxy_runtime import (
+    HAProxyError,
+    Runtime,
+    check_config,
+    find_haproxy,
+    map_text,
+    read_map,
+    write_if_changed,
+)
 from ._decide import ANY_REGION, RoutingTable, UserRegion
 from ._geo import distance_km, rtt_ms
-from ._haproxy import Runtime, RuntimeError_
 
 log = logging.getLogger("edgeshot.dispatcher")
 
@@ -75,11 +81,6 @@ class DispatcherConfig:
 
 class DispatcherError(Exception):
     pass
-
-
-def haproxy_binary(name: str = "haproxy") -> str | None:
-    return shutil.which(name) or next(
-        (p for p in ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy") if Path(p).exists()), None)
 
 
 class GlobalDispatcher:
@@ -159,35 +160,33 @@ class GlobalDispatcher:
         self.maps.mkdir(parents=True, exist_ok=True)
         changed = False
         for name, entries in self.static_maps().items():
-            changed |= _write_if_changed(self.maps / f"{name}.map", _map_text(entries))
+            changed |= write_if_changed(self.maps / f"{name}.map", map_text(entries))
         for name in ("routes", "sticky"):
             path = self.maps / f"{name}.map"
             if not path.exists():
-                _write_if_changed(path, "")
+                write_if_changed(path, "")
         if self.config.simulate_latency:
             src = Path(__file__).with_name("templates") / "delay.lua"
-            changed |= _write_if_changed(self.lua, src.read_text())
-        changed |= _write_if_changed(self.cfg_path, self.render())
+            changed |= write_if_changed(self.lua, src.read_text())
+        changed |= write_if_changed(self.cfg_path, self.render())
         return changed
 
     # ------------------------------------------------------------------ process
 
-    def check_config(self) -> None:
-        exe = haproxy_binary(self.config.haproxy)
+    def check_config(self) -> str:
+        """``haproxy -c`` on the configuration; the binary's path."""
+        exe = find_haproxy(self.config.haproxy)
         if exe is None:
             raise DispatcherError("haproxy is not installed (run `make system` as root)")
-        res = subprocess.run([exe, "-c", "-f", str(self.cfg_path)], capture_output=True,
-                             text=True)
-        if res.returncode != 0:
-            why = "\n".join(ln for ln in (res.stdout + res.stderr).splitlines()
-                            if "ALERT" in ln or "WARNING" in ln) or res.stdout + res.stderr
-            raise DispatcherError(f"dispatcher configuration refused by haproxy:\n{why}")
+        try:
+            check_config(exe, self.cfg_path)
+        except HAProxyError as exc:
+            raise DispatcherError(f"dispatcher configuration: {exc}") from None
+        return exe
 
     async def start(self) -> None:
         """Start HAProxy (master-worker, in the foreground of this process's children)."""
-        self.check_config()
-        exe = haproxy_binary(self.config.haproxy)
-        assert exe is not None
+        exe = self.check_config()
         self.socket.unlink(missing_ok=True)
         log_file = open(self.dir / "haproxy.log", "ab")  # noqa: SIM115 - owned by the child
         self.proc = await asyncio.create_subprocess_exec(
@@ -198,13 +197,9 @@ class GlobalDispatcher:
 
     async def _worker_pid(self) -> str | None:
         try:
-            (info,) = await self.runtime.run("show info")
+            return (await self.runtime.show_info()).get("Pid")
         except (TimeoutError, OSError, asyncio.IncompleteReadError):
             return None
-        for line in info.splitlines():
-            if line.startswith("Pid:"):
-                return line.split(":", 1)[1].strip()
-        return None
 
     async def _wait_ready(self, old_worker: str | None, timeout: float = 10.0) -> None:
         loop = asyncio.get_running_loop()
@@ -230,7 +225,7 @@ class GlobalDispatcher:
         # The new worker read the map files, which hold the last table; weights come
         # from the rendered configuration.
         for name in self._pushed:
-            self._pushed[name] = _read_map(self.maps / f"{name}.map")
+            self._pushed[name] = read_map(self.maps / f"{name}.map")
 
     async def stop(self, grace: float = 5.0) -> None:
         proc, self.proc = self.proc, None
@@ -269,7 +264,7 @@ class GlobalDispatcher:
         before = self._pushed[name]
         if before == entries:
             return 0
-        _write_if_changed(path, _map_text(entries))
+        write_if_changed(path, map_text(entries))
         if not self.running:
             self._pushed[name] = dict(entries)
             return len(entries)
@@ -307,17 +302,18 @@ class GlobalDispatcher:
         up: dict[str, bool] = {}
         for app in self.apps:
             try:
-                states = await self.runtime.server_states(f"app_{app.name}")
-            except (TimeoutError, OSError, RuntimeError_):
+                rows = await self.runtime.servers_state(f"app_{app.name}")
+            except (TimeoutError, OSError, HAProxyError):
                 continue
-            for name, row in states.items():
+            for row in rows:
+                name = row["srv_name"]
                 up[name] = up.get(name, False) or row.get("srv_op_state") == "2"
         return up
 
     async def counters(self) -> dict[str, dict[str, int]]:
         """Per edgepoint: requests and 5xx the dispatcher sent there (all apps)."""
         out: dict[str, dict[str, int]] = {}
-        for row in await self.runtime.stat():
+        for row in await self.runtime.show_stat():
             if not row.get("pxname", "").startswith("app_") or row.get("svname") in (
                     "FRONTEND", "BACKEND"):
                 continue
@@ -347,28 +343,7 @@ def _maxconn(wanted: int) -> int:
     return max(256, min(wanted, (limit - 200) // 2))
 
 
-def _map_text(entries: dict[str, str]) -> str:
-    return "".join(f"{k} {v}\n" for k, v in entries.items())
-
-
-def _read_map(path: Path) -> dict[str, str]:
-    out = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            k, _, v = line.partition(" ")
-            if k:
-                out[k] = v
-    return out
-
-
-def _write_if_changed(path: Path, text: str) -> bool:
-    if path.exists() and path.read_text() == text:
-        return False
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-    return True
 
 
 __all__ = ["ANY_REGION", "COOKIE", "DispatchApp", "DispatchEdgepoint", "DispatcherConfig",
-           "DispatcherError", "GlobalDispatcher", "haproxy_binary"]
+           "DispatcherError", "GlobalDispatcher", "find_haproxy"]

@@ -14,7 +14,8 @@ path of a request"). Three parts:
   session so that it outlives an edge process that crashes (the next one adopts it
   through its pid file and master socket); seamless reloads through the master CLI
   after ``haproxy -c``; soft stop.
-* ``Runtime``: the admin socket. HAProxy 2.6 refuses ``namespace`` and ``cookie`` on
+* ``Runtime``: the admin socket (the commands are ``edgeshot._haproxy_runtime``'s,
+  shared with the global dispatcher). HAProxy 2.6 refuses ``namespace`` and ``cookie`` on
   servers added at runtime, so instances are servers at their slot's ``ip:port`` and
   affinity uses dynamic cookies (``enable dynamic-cookie backend`` after each add:
   a hash of address and port, i.e. a user is pinned to a slot).
@@ -23,20 +24,25 @@ path of a request"). Three parts:
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
 import os
 import re
-import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import jinja2
+
+from edgeshot import _haproxy_runtime as _runtime
+from edgeshot._haproxy_runtime import (
+    HAProxyError,
+    check_config,
+    find_haproxy,
+    parse_stat,
+)
+from edgeshot._haproxy_runtime import write_atomic as _atomic
 
 __all__ = [
     "HAProxyError", "Route", "Server", "Origin", "AppConf", "HAProxyConf", "Rendered",
@@ -59,10 +65,6 @@ SERVER_OPTIONS = ("pool-max-conn -1 pool-purge-delay 5s "
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 _METHOD = re.compile(r"^[A-Z]{1,16}$|^\*$")
 _HOST = re.compile(r"^(\*\.)?[a-z0-9]([a-z0-9.-]*[a-z0-9])?$|^\*$")
-
-
-class HAProxyError(Exception):
-    """HAProxy refused a configuration or a runtime command (message: what and why)."""
 
 
 # -- configuration -----------------------------------------------------------------------
@@ -315,153 +317,21 @@ def write_config(conf: HAProxyConf, rendered: Rendered, path: Path | None = None
     return target
 
 
-def _atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.chmod(tmp, 0o600)
-    tmp.replace(path)
-
-
 # -- runtime API -----------------------------------------------------------------------
-_ERRORS = ("unknown", "not found", "error", "invalid", "expects", "require", "cannot",
-           "failed", "no such", "refused", "not allowed", "does not", "must be", "is not")
+class Runtime(_runtime.Runtime):
+    """The runtime API of an edgepoint's HAProxy (admin or master socket): instances are
+    added with ``SERVER_OPTIONS``; the request-log sampling rate is a variable of the
+    configuration (``proc.log_every``)."""
 
-
-class Runtime:
-    """HAProxy's runtime API on a stats socket (admin level) or the master socket."""
-
-    def __init__(self, socket_path: str | Path, timeout: float = 5.0, *,
-                 master: bool = False) -> None:
-        self.socket_path = str(socket_path)
-        self.timeout = timeout
-        self.prompt = b"master> " if master else b"> "
-
-    async def run(self, *commands: str) -> list[str]:
-        """Commands on one connection (prompt mode); each answer as text."""
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_unix_connection(self.socket_path, limit=1 << 24), self.timeout)
-        try:
-            writer.write(b"prompt\n")
-            await writer.drain()
-            await asyncio.wait_for(reader.readuntil(self.prompt), self.timeout)
-            end = b"\n" + self.prompt
-            answers = []
-            for cmd in commands:
-                writer.write(cmd.encode() + b"\n")
-                await writer.drain()
-                raw = await asyncio.wait_for(reader.readuntil(end), self.timeout)
-                answers.append(raw[: -len(end)].decode(errors="replace").strip("\n"))
-            writer.write(b"quit\n")
-            await writer.drain()
-            return answers
-        finally:
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except (ConnectionError, OSError):
-                pass
-
-    async def check(self, *commands: str, ok: Iterable[str] = ()) -> list[str]:
-        """Like ``run``, raising HAProxyError when an answer is an error (``ok``: answers
-        containing one of these are fine, e.g. "New server registered.")."""
-        answers = await self.run(*commands)
-        allow = tuple(ok)
-        for cmd, ans in zip(commands, answers, strict=True):
-            low = ans.lower()
-            if any(a.lower() in low for a in allow):
-                continue
-            if any(w in low for w in _ERRORS):
-                raise HAProxyError(f"{cmd!r}: {ans.strip()}")
-        return answers
-
-    # -- servers -------------------------------------------------------------------------
-    async def add_server(self, backend: str, s: Server, *, options: str = SERVER_OPTIONS,
-                         affinity: bool = False, health: bool = True) -> None:
-        """Add an instance, enable its health check and traffic; re-enable the dynamic
-        cookies of the backend so that the new server gets one."""
-        cmds = [f"add server {backend}/{s.name} {s.address} weight {s.weight} {options}"]
-        if health and "check" in options.split():
-            cmds.append(f"enable health {backend}/{s.name}")
-        cmds.append(f"set server {backend}/{s.name} state ready")
-        if affinity:
-            cmds.append(f"enable dynamic-cookie backend {backend}")
-        await self.check(*cmds, ok=("New server registered",))
-
-    async def drain(self, backend: str, server: str, *, keep_pinned: bool = False) -> None:
-        """No new requests; those in flight finish. HAProxy's own ``drain`` state still
-        sends users pinned by affinity there (``keep_pinned``); by default the server goes
-        to maintenance instead, so that pinned users move on too (their cookie names a
-        server that is not up: HAProxy redispatches them)."""
-        state = "drain" if keep_pinned else "maint"
-        await self.check(f"set server {backend}/{server} state {state}")
-
-    async def set_weight(self, backend: str, server: str, weight: int) -> None:
-        await self.check(f"set weight {backend}/{server} {int(weight)}")
-
-    async def remove_server(self, backend: str, server: str) -> None:
-        """Maintenance, then delete (HAProxy refuses while connections remain: the caller
-        drains first)."""
-        answers = await self.run(f"disable health {backend}/{server}",
-                                 f"set server {backend}/{server} state maint",
-                                 f"shutdown sessions server {backend}/{server}",
-                                 f"del server {backend}/{server}")
-        last = answers[-1].lower()
-        if "deleted" not in last and "no such server" not in last \
-                and "unknown server" not in last:
-            raise HAProxyError(f"del server {backend}/{server}: {answers[-1].strip()}")
+    server_options = SERVER_OPTIONS
 
     async def set_log_every(self, n: int) -> None:
         """Log 1 request in ``n`` from now on (a process-wide variable the frontend's
         sampling rule reads; no reload)."""
         await self.check("experimental-mode on", f"set var proc.log_every int({int(n)})")
 
-    async def set_server_state(self, backend: str, server: str, state: str) -> None:
-        await self.check(f"set server {backend}/{server} state {state}")
-
-    # -- reading ---------------------------------------------------------------------------
-    async def show_stat(self) -> list[dict[str, str]]:
-        (raw,) = await self.run("show stat")
-        return parse_stat(raw)
-
-    async def show_info(self) -> dict[str, str]:
-        (raw,) = await self.run("show info")
-        return parse_info(raw)
-
-    async def servers_state(self) -> list[dict[str, str]]:
-        (raw,) = await self.run("show servers state")
-        lines = [ln for ln in raw.splitlines() if ln.strip()]
-        head = next((ln for ln in lines if ln.startswith("# be_id")), None)
-        if head is None:
-            return []
-        cols = head[2:].split()
-        return [dict(zip(cols, ln.split(), strict=False)) for ln in lines
-                if ln[0].isdigit() and len(ln.split()) >= len(cols) - 2]
-
-
-def parse_stat(raw: str) -> list[dict[str, str]]:
-    text = raw.lstrip()
-    if text.startswith("# "):
-        text = text[2:]
-    return list(csv.DictReader(io.StringIO(text)))
-
-
-def parse_info(raw: str) -> dict[str, str]:
-    out = {}
-    for ln in raw.splitlines():
-        k, sep, v = ln.partition(":")
-        if sep:
-            out[k.strip()] = v.strip()
-    return out
-
 
 # -- the process -------------------------------------------------------------------------
-def find_haproxy(explicit: str | Path | None = None) -> str | None:
-    if explicit:
-        return str(explicit) if Path(explicit).exists() else None
-    return shutil.which("haproxy") or next(
-        (p for p in ("/usr/sbin/haproxy", "/usr/local/sbin/haproxy") if Path(p).exists()), None)
-
-
 @dataclass
 class Worker:
     pid: int
@@ -484,11 +354,7 @@ class HAProxyProcess:
 
     # -- checks ------------------------------------------------------------------------------
     def validate(self, path: Path) -> None:
-        r = subprocess.run([self.binary, "-c", "-q", "-f", str(path)], capture_output=True,
-                           text=True)
-        if r.returncode != 0:
-            msg = "\n".join(ln for ln in (r.stdout + r.stderr).splitlines() if ln.strip())
-            raise HAProxyError(f"HAProxy refuses {path}:\n{msg[-3000:]}")
+        check_config(self.binary, path)
 
     def version(self) -> str:
         r = subprocess.run([self.binary, "-v"], capture_output=True, text=True)
@@ -576,7 +442,7 @@ class HAProxyProcess:
         """Seamless reload with the configuration on disk; returns the new worker's pid."""
         self.validate(self.conf.config_path)
         before = await self.current_worker()
-        await self._master_oneshot("reload")  # the master re-executes: it hangs up
+        await self.master.oneshot("reload")  # the master re-executes: it hangs up
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             await asyncio.sleep(0.02)
@@ -587,23 +453,6 @@ class HAProxyProcess:
             if pid != before:
                 return pid
         raise HAProxyError(f"reload did not complete within {timeout} s: {self._tail()}")
-
-    async def _master_oneshot(self, command: str) -> None:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_unix_connection(str(self.conf.master_socket)), 5.0)
-        try:
-            writer.write(command.encode() + b"\n")
-            await writer.drain()
-            try:
-                await asyncio.wait_for(reader.read(), 5.0)
-            except (TimeoutError, ConnectionError):
-                pass
-        finally:
-            writer.close()
-            try:
-                await writer.wait_closed()
-            except (ConnectionError, OSError):
-                pass
 
     async def worker_stats(self, pid: int) -> list[dict[str, str]] | None:
         """``show stat`` of one worker (current or old) through the master; None when it
