@@ -361,6 +361,7 @@ class Edge:
         self._fe_seen: tuple[int, int, float] | None = None  # (worker, req_tot, time)
         self._fe_rate = 0.0
         self._gauges_at = -math.inf
+        self._observed_at = -math.inf  # monotonic time of the last _observe
         self._srv_seen: dict[tuple[int, str, str], tuple[int, int]] = {}
         self.started = time.monotonic()
         self.reload_lock = asyncio.Lock()
@@ -513,10 +514,12 @@ class Edge:
         """Decide every tick_s, or at once when the activator reports demand."""
         while True:
             t0 = time.monotonic()
+            urgent = self.wake.is_set()
             self.wake.clear()  # before the tick: demand during the tick wakes the next one
             try:
                 async with self.tick_lock:
-                    await self._tick()
+                    await self._tick(observe=observe_due(
+                        urgent, time.monotonic() - self._observed_at, self.cfg.tick_s))
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -919,10 +922,27 @@ class Edge:
         self.meter.observe_stat(self.worker, rows)
         return rows
 
-    async def _tick(self) -> None:
+    async def _tick(self, observe: bool = True) -> None:
         if self._stopping:
             return
         now = time.monotonic()
+        if observe:
+            await self._observe(now)
+        view = self._view(now)
+        t0 = time.perf_counter()
+        d = decide(view, self.memory, now, self.tuning)
+        self.m_decide_s.labels(self.cfg.edgepoint).observe(time.perf_counter() - t0)
+        self.memory = d.memory
+        self.last = d
+        for a in d.actions:
+            self._act(a)
+        if now - self._gauges_at >= 1.0:
+            self._gauges_at = now
+            self._update_gauges(d)
+
+    async def _observe(self, now: float) -> None:
+        """HAProxy's counters and states, the activator's queues: into the windows."""
+        self._observed_at = now
         rows = await self._observe_usage() if self.mode == "haproxy" else []
         conc: dict[str, float] = {}
         for r in rows:
@@ -985,17 +1005,6 @@ class Edge:
                         and now - lv.since > 1.0 and lv.placement in self.placements:
                     self.busy.add(lv.id)
                     self._spawn(self._route_again(lv))
-        view = self._view(now)
-        t0 = time.perf_counter()
-        d = decide(view, self.memory, now, self.tuning)
-        self.m_decide_s.labels(self.cfg.edgepoint).observe(time.perf_counter() - t0)
-        self.memory = d.memory
-        self.last = d
-        for a in d.actions:
-            self._act(a)
-        if now - self._gauges_at >= 1.0:
-            self._gauges_at = now
-            self._update_gauges(d)
 
     async def _adapt_logging(self, req_tot: int, now: float) -> None:
         """Keep the request logs the edge reads under ``log_max_per_s`` lines a second:
@@ -1490,6 +1499,14 @@ class Edge:
         await self._api_runner.setup()
         await web.TCPSite(self._api_runner, self.cfg.api_listen or self.cfg.listen,
                           self.cfg.api_port, reuse_address=True).start()
+
+
+def observe_due(urgent: bool, since_observed_s: float, tick_s: float) -> bool:
+    """Whether a tick reads HAProxy's counters before deciding. A tick woken by a user
+    waiting at the activator decides on the last observation (the wait is shorter by
+    one ``show stat``) unless that one is a tick old: demand that keeps waking the loop
+    must not starve what observation does (windows, health, routing again)."""
+    return not urgent or since_observed_s >= tick_s
 
 
 def _f(v: str | None) -> float:
