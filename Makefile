@@ -26,9 +26,10 @@ system: $(STAMP)
 
 # Integration tests run real CRIU, HAProxy and whole local networks on a 2-core
 # machine; a test that fails is run once more on its own before the run fails
-# (both runs are printed, so a flaky test is visible, never hidden).
+# (both runs are printed, so a flaky test is visible, never hidden). The 25 slowest
+# tests are listed at the end, to keep CI's time in view.
 test: setup
-	@$(VENV)/bin/pytest -q || { echo "== re-running the failed tests once, alone"; \
+	@$(VENV)/bin/pytest -q --durations=25 || { echo "== re-running the failed tests once, alone"; \
 	  $(VENV)/bin/pytest -q --last-failed --last-failed-no-failures none; }
 
 demo: setup
