@@ -30,6 +30,7 @@ from typing import Any, TypeVar
 import aiohttp
 from pydantic import BaseModel
 
+from .._api_client import NETWORK_ERRORS, ApiClient, ApiError, brief
 from .models import (
     AgentHealth,
     AppshotInfo,
@@ -53,20 +54,8 @@ __all__ = [
 M = TypeVar("M", bound=BaseModel)
 
 
-class AgentError(Exception):
+class AgentError(ApiError):
     """The agent answered with an error (``status``, ``code``) or could not be reached."""
-
-    def __init__(self, message: str, *, status: int | None = None, code: str = "",
-                 detail: list[str] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.code = code
-        self.detail = detail or []
-
-    def __str__(self) -> str:
-        where = f"{self.status} {self.code}: " if self.status else ""
-        return f"{where}{self.message}"
 
 
 class AgentUnavailable(AgentError):
@@ -106,96 +95,24 @@ _BY_STATUS: dict[int, type[AgentError]] = {
     413: Invalid, 422: Invalid, 405: Invalid, 503: AtCapacity, 507: AtCapacity,
     502: StartFailed,
 }
-_NETWORK = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
 
 
-class AgentClient:
+class AgentClient(ApiClient):
     """One agent's API. Use as ``async with``, or call ``close()``."""
+
+    error = AgentError
+    unavailable = AgentUnavailable
+    by_status = _BY_STATUS
+    exclude_none = True
 
     def __init__(self, base_url: str, token: str, *, timeout: float = 60.0,
                  connect_timeout: float = 5.0, retries: int = 3, backoff: float = 0.2,
                  create_timeout: float = 180.0, capture_timeout: float = 900.0,
                  session: aiohttp.ClientSession | None = None) -> None:
-        self.base_url = base_url.rstrip("/")
-        self._token = token
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
+        super().__init__(base_url, token, timeout=timeout, connect_timeout=connect_timeout,
+                         retries=retries, backoff=backoff, session=session)
         self.create_timeout = create_timeout
         self.capture_timeout = capture_timeout
-        self.retries = retries
-        self.backoff = backoff
-        self._session = session
-        self._own_session = session is None
-
-    def __repr__(self) -> str:
-        return f"AgentClient({self.base_url!r})"
-
-    async def __aenter__(self) -> AgentClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        if self._session is not None and self._own_session:
-            await self._session.close()
-        self._session = None
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=64, keepalive_timeout=30))
-            self._own_session = True
-        return self._session
-
-    def _headers(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self._token}", **(extra or {})}
-
-    def _timeout(self, total: float | None) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(total=total, sock_connect=self.connect_timeout)
-
-    # ------------------------------------------------------------------ plumbing
-    async def _call(self, method: str, path: str, *, json: BaseModel | None = None,
-                    params: dict[str, Any] | None = None, safe: bool = True,
-                    timeout: float | None = None, data: Any = None,
-                    headers: dict[str, str] | None = None,
-                    gone_ok: bool = False) -> tuple[int, bytes]:
-        """One API call with the retry policy; returns (status, body) of a 2xx answer.
-
-        ``gone_ok``: a 404 after a retry means the first attempt did it (delete, stop):
-        returned as (404, body) instead of raised."""
-        body = json.model_dump_json(exclude_none=True).encode() if json is not None else data
-        hdrs = self._headers(headers)
-        if json is not None:
-            hdrs["Content-Type"] = "application/json"
-        url = self.base_url + path
-        attempt = 0
-        while True:
-            try:
-                async with self._http().request(
-                        method, url, data=body, params=params, headers=hdrs,
-                        timeout=self._timeout(self.timeout if timeout is None else timeout),
-                ) as resp:
-                    raw = await resp.read()
-                    if resp.status == 404 and gone_ok and attempt > 0:
-                        return resp.status, raw
-                    if resp.status >= 400:
-                        raise _error(resp.status, raw)
-                    return resp.status, raw
-            except aiohttp.ClientConnectorError as exc:
-                err = exc  # never sent: always safe to try again
-            except _NETWORK as exc:
-                if not safe:
-                    raise AgentUnavailable(f"{method} {path}: no answer from {self.base_url} "
-                                           f"({type(exc).__name__}); not retried: repeating "
-                                           "it could do it twice") from None
-                err = exc
-            attempt += 1
-            if attempt > self.retries:
-                raise AgentUnavailable(f"{method} {path}: {self.base_url} unreachable after "
-                                       f"{attempt} attempts ({type(err).__name__}: "
-                                       f"{_brief(err)})") from None
-            await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
 
     async def _get(self, path: str, model: type[M], **kw: Any) -> M:
         _, raw = await self._call("GET", path, **kw)
@@ -322,15 +239,15 @@ class AgentClient:
                     if resp.status == 416:  # we have it all already
                         break
                     if resp.status >= 400:
-                        raise _error(resp.status, await resp.read())
+                        raise self._error(resp.status, await resp.read())
                     mode = "ab" if resp.status == 206 else "wb"
                     with open(part, mode) as f:
                         async for chunk in resp.content.iter_chunked(1 << 20):
                             f.write(chunk)
                 break
-            except _NETWORK as exc:
+            except NETWORK_ERRORS as exc:
                 if attempt >= self.retries:
-                    raise AgentUnavailable(f"download of {name}: {_brief(exc)}") from None
+                    raise AgentUnavailable(f"download of {name}: {brief(exc)}") from None
                 await asyncio.sleep(self.backoff * 2 ** attempt)
         os.replace(part, dest)
         return dest
@@ -395,27 +312,6 @@ class AgentClient:
 def _seg(s: str) -> str:
     from urllib.parse import quote
     return quote(s, safe="")
-
-
-def _brief(exc: BaseException) -> str:
-    text = str(exc) or type(exc).__name__
-    return text[:200]
-
-
-def _error(status: int, raw: bytes) -> AgentError:
-    import json
-    code, message, detail = "", raw[:300].decode(errors="replace"), None
-    try:
-        d = json.loads(raw)
-        if isinstance(d, dict):
-            code = str(d.get("code", ""))
-            message = str(d.get("error", message))
-            detail = d.get("detail")
-    except ValueError:
-        pass
-    cls = _BY_STATUS.get(status, AgentError)
-    return cls(message, status=status, code=code,
-               detail=[str(x) for x in detail] if isinstance(detail, list) else None)
 
 
 def _sha256(path: Path) -> str:

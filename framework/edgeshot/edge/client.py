@@ -15,7 +15,6 @@ subclasses, with the edge's ``code``); the token never appears in an error or ``
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator, Iterable
 from datetime import datetime
@@ -24,6 +23,7 @@ from typing import Any, TypeVar
 import aiohttp
 from pydantic import BaseModel
 
+from .._api_client import ApiClient, ApiError
 from .models import (
     EdgeHealth,
     EdgeLoad,
@@ -43,14 +43,8 @@ __all__ = ["EdgeClient", "EdgeError", "EdgeUnavailable", "Unauthorized", "Forbid
 M = TypeVar("M", bound=BaseModel)
 
 
-class EdgeError(Exception):
-    def __init__(self, message: str, *, status: int | None = None, code: str = "",
-                 detail: list[str] | None = None) -> None:
-        super().__init__(message)
-        self.message, self.status, self.code, self.detail = message, status, code, detail or []
-
-    def __str__(self) -> str:
-        return f"{self.status} {self.code}: {self.message}" if self.status else self.message
+class EdgeError(ApiError):
+    """The edge answered with an error (``status``, ``code``) or could not be reached."""
 
 
 class EdgeUnavailable(EdgeError):
@@ -75,70 +69,28 @@ class Invalid(EdgeError):
 
 _BY_STATUS = {401: Unauthorized, 403: Forbidden, 404: NotFound, 400: Invalid, 422: Invalid,
               405: Invalid, 413: Invalid}
-_NETWORK = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, asyncio.TimeoutError)
 
 
-class EdgeClient:
+class EdgeClient(ApiClient):
     """One edge process's API. Use as ``async with``, or call ``close()``."""
+
+    error = EdgeError
+    unavailable = EdgeUnavailable
+    by_status = _BY_STATUS
 
     def __init__(self, base_url: str, token: str, *, timeout: float = 30.0,
                  connect_timeout: float = 3.0, retries: int = 3, backoff: float = 0.2,
                  session: aiohttp.ClientSession | None = None) -> None:
-        self.base_url = base_url.rstrip("/")
-        self._token = token
-        self.timeout = timeout
-        self.connect_timeout = connect_timeout
-        self.retries = retries
-        self.backoff = backoff
-        self._session = session
-        self._own = session is None
+        super().__init__(base_url, token, timeout=timeout, connect_timeout=connect_timeout,
+                         retries=retries, backoff=backoff, session=session)
 
-    def __repr__(self) -> str:
-        return f"EdgeClient({self.base_url!r})"
-
-    async def __aenter__(self) -> EdgeClient:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        if self._session is not None and self._own:
-            await self._session.close()
-        self._session = None
-
-    def _http(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
-            self._own = True
-        return self._session
-
-    async def _call(self, method: str, path: str, *, body: BaseModel | None = None,
+    async def _send(self, method: str, path: str, *, body: BaseModel | None = None,
                     params: dict[str, str] | None = None) -> bytes:
-        data = body.model_dump_json().encode() if body is not None else None
-        headers = {"Authorization": f"Bearer {self._token}"}
-        if data is not None:
-            headers["Content-Type"] = "application/json"
-        attempt = 0
-        while True:
-            try:
-                async with self._http().request(
-                        method, self.base_url + path, data=data, params=params, headers=headers,
-                        timeout=aiohttp.ClientTimeout(total=self.timeout,
-                                                      sock_connect=self.connect_timeout)) as r:
-                    raw = await r.read()
-                    if r.status >= 400:
-                        raise _error(r.status, raw)
-                    return raw
-            except _NETWORK as exc:
-                attempt += 1
-                if attempt > self.retries:
-                    raise EdgeUnavailable(f"{method} {path}: {self.base_url} unreachable after "
-                                          f"{attempt} attempts ({type(exc).__name__})") from None
-                await asyncio.sleep(self.backoff * 2 ** (attempt - 1))
+        """Every call of this API is idempotent: retried after any network error."""
+        return (await self._call(method, path, json=body, params=params))[1]
 
     async def _get(self, path: str, model: type[M], params: dict[str, str] | None = None) -> M:
-        return model.model_validate_json(await self._call("GET", path, params=params))
+        return model.model_validate_json(await self._send("GET", path, params=params))
 
     # -- API -------------------------------------------------------------------------------
     async def health(self) -> EdgeHealth:
@@ -150,7 +102,7 @@ class EdgeClient:
     async def set_placements(self, placements: Iterable[PlacementAssignment]
                              ) -> list[PlacementAssignment]:
         """Replace every placement this edgepoint serves (the apps it routes)."""
-        raw = await self._call("PUT", "/v1/placements",
+        raw = await self._send("PUT", "/v1/placements",
                                body=PlacementSet(placements=tuple(placements)))
         return PlacementList.model_validate_json(raw).placements
 
@@ -164,7 +116,7 @@ class EdgeClient:
         from urllib.parse import quote
         body = PlacementUpdate(versions=tuple(versions) if versions is not None else None,
                                global_share=global_share, cost_ceiling=cost_ceiling)
-        raw = await self._call("PATCH", f"/v1/placements/{quote(app, safe='')}/"
+        raw = await self._send("PATCH", f"/v1/placements/{quote(app, safe='')}/"
                                f"{quote(edgepoint, safe='')}", body=body)
         return PlacementAssignment.model_validate_json(raw)
 
@@ -197,11 +149,11 @@ class EdgeClient:
 
     async def metrics(self) -> str:
         """The edge's Prometheus metrics followed by HAProxy's own exporter."""
-        return (await self._call("GET", "/metrics")).decode()
+        return (await self._send("GET", "/metrics")).decode()
 
     async def reload(self) -> int:
         """Reload HAProxy now (seamless); the new worker's pid."""
-        return json.loads(await self._call("POST", "/v1/reload"))["worker"]
+        return json.loads(await self._send("POST", "/v1/reload"))["worker"]
 
 
 def _window(since: datetime | None, until: datetime | None, app: str | None) -> dict[str, str]:
@@ -213,17 +165,3 @@ def _window(since: datetime | None, until: datetime | None, app: str | None) -> 
     if app:
         q["app"] = app
     return q
-
-
-def _error(status: int, raw: bytes) -> EdgeError:
-    code, message, detail = "", raw[:300].decode(errors="replace"), None
-    try:
-        d = json.loads(raw)
-        if isinstance(d, dict):
-            code, message, detail = str(d.get("code", "")), str(d.get("error", message)), \
-                d.get("detail")
-    except ValueError:
-        pass
-    return _BY_STATUS.get(status, EdgeError)(
-        message, status=status, code=code,
-        detail=[str(x) for x in detail] if isinstance(detail, list) else None)
