@@ -7,14 +7,16 @@ it saw per (worker, backend, server); ``flush`` turns what grew since the last
 committed *baseline* into records and commits records and new baselines in one
 SQLite transaction. So:
 
-* a flush before ``del server``, before a reload and before a stop stores what HAProxy
-  is about to forget; an old worker still finishing requests after a reload is read
-  through the master socket until it exits;
+* a flush before ``del server`` stores what HAProxy is about to forget; a worker told to
+  stop (a reload, a stop) exits as soon as its last connection ends, taking its
+  counters with it, so the edge holds a CLI session open on it until its counters are
+  final (``service.WorkerSession``) and only then lets it go;
 * an edge process that crashes loses nothing it committed and writes nothing twice:
   its successor computes the same deltas from the same baselines (HAProxy outlives
-  it and is adopted);
+  it and is adopted, with any old worker still finishing, read on until it exits);
 * requests the activator proxied itself (the first ones of an instance) are counted by
-  the activator as "worker 0", whose counters live in the edge process.
+  the activator as "worker 0", whose counters live in the edge process: a crash loses
+  those not yet flushed (at most one ``usage_interval_s`` of them).
 
 Records carry only what the data path measures (network bytes, requests); agents fill
 CPU, memory, disk and storage (DESIGN.md: each field has exactly one source). An
@@ -23,7 +25,8 @@ interval without traffic produces no record.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import logging
+from collections.abc import Callable, Collection, Iterable
 from datetime import UTC, datetime
 
 from ._store import Counters, InstanceMeta, Store, iso
@@ -32,6 +35,8 @@ ACTIVATOR_WORKER = 0
 _SKIP_SERVERS = frozenset({"FRONTEND", "BACKEND", "edgeshot.activator", "origin"})
 
 __all__ = ["UsageMeter", "ACTIVATOR_WORKER", "counters_from_stat"]
+
+log = logging.getLogger("edgeshot.edge")
 
 
 def counters_from_stat(rows: Iterable[dict[str, str]]) -> dict[tuple[str, str], Counters]:
@@ -87,11 +92,7 @@ class UsageMeter:
 
     def reset_activator(self) -> None:
         """At start: the previous process's activator counters are gone with it."""
-        stale = [k for k in self.base if k[0] == ACTIVATOR_WORKER]
-        if stale:
-            self.store.commit_usage([], {}, forget=stale)
-            for k in stale:
-                self.base.pop(k, None)
+        self._drop(lambda k: k[0] == ACTIVATOR_WORKER)
 
     # -- committing ----------------------------------------------------------------------
     def flush(self, resolve: Callable[[str], InstanceMeta | None],
@@ -128,23 +129,28 @@ class UsageMeter:
 
     def forget_worker(self, worker: int) -> None:
         """A worker that is gone: its final counters were flushed; drop its keys."""
-        keys = [k for k in self.base if k[0] == worker]
-        for k in [k for k in self.latest if k[0] == worker]:
-            self.latest.pop(k, None)
-            self.first_seen.pop(k, None)
-        if keys:
-            self.store.commit_usage([], {}, forget=keys)
-            for k in keys:
-                self.base.pop(k, None)
+        self._drop(lambda k: k[0] == worker)
 
-    def forget_server(self, backend: str, server: str) -> None:
-        """A deleted server (flushed first): its keys of every worker. An instance back
-        from its snapshot is added again under the same name, with counters from zero."""
+    def forget_server(self, backend: str, server: str, *,
+                      keep_workers: Collection[int] = ()) -> None:
+        """A deleted server (flushed first): its keys. An instance back from its snapshot
+        is added again under the same name, with counters from zero. ``keep_workers``:
+        old workers still running, where the server lives on until they exit (their
+        counters are read to the end, so their baselines stay)."""
         self.activator.pop((backend, server), None)
-        keys = [k for k in self.base if k[1] == backend and k[2] == server]
-        for k in [k for k in self.latest if k[1] == backend and k[2] == server]:
-            self.latest.pop(k, None)
+        self._drop(lambda k: k[1] == backend and k[2] == server and k[0] not in keep_workers)
+
+    def _drop(self, which: Callable[[tuple[int, str, str]], bool]) -> None:
+        """Forget the keys ``which`` selects (durably); counters never turned into records
+        are said out loud: they are not billed."""
+        keys = {k for k in self.base if which(k)}
+        for k in [k for k in self.latest if which(k)]:
+            cur, base = self.latest.pop(k), self.base.get(k, (Counters(0, 0, 0), ""))[0]
             self.first_seen.pop(k, None)
+            if cur.requests > base.requests:
+                log.warning("usage of %s (worker %d) dropped unbilled: %d request(s) no "
+                            "instance record could be found for", k[2], k[0],
+                            cur.requests - base.requests)
         if keys:
             self.store.commit_usage([], {}, forget=keys)
             for k in keys:

@@ -47,6 +47,7 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 import signal
 import time
@@ -72,7 +73,7 @@ from . import _haproxy as H
 from ._activator import Activator, Router, Target, WeightedPicker
 from ._logs import ORIGIN, LatencyBook, LogReceiver, parse_line, percentile
 from ._store import InstanceMeta, Store
-from ._usage import UsageMeter
+from ._usage import ACTIVATOR_WORKER, UsageMeter
 from .decide import (
     Decision,
     Discard,
@@ -344,7 +345,8 @@ class Edge:
         self.tasks: set[asyncio.Task[Any]] = set()
         self.loops: list[asyncio.Task[Any]] = []
         self.worker: int = 0
-        self.old_workers: set[int] = set()
+        self.old_workers: set[int] = set()  # told to stop, read through the master
+        self.holds: dict[int, asyncio.Task[None]] = {}  # told to stop, read to the end
         self.mode: Literal["haproxy", "activator"] = "haproxy"
         self.mode_reason: str | None = None
         self.haproxy: H.HAProxyProcess | None = None
@@ -474,6 +476,9 @@ class Edge:
             finally:
                 if not self.cfg.keep_haproxy:
                     await self.haproxy.stop(timeout=3)
+        for t in list(self.holds.values()):  # keep_haproxy: its old workers are let go
+            t.cancel()
+        await asyncio.gather(*self.holds.values(), return_exceptions=True)
         log.info("stopping: HAProxy done after %.1f s", time.monotonic() - t_stop)
         with contextlib.suppress(Exception):
             self._flush_now()
@@ -487,18 +492,22 @@ class Edge:
         log.info("edge %s stopped in %.1f s", self.cfg.edgepoint, time.monotonic() - t_stop)
 
     async def _stop_haproxy(self) -> None:
-        """Soft stop; read the workers' counters until they are gone (every request they
-        finish meanwhile is counted), then the process is waited for."""
+        """Soft stop; every worker's counters are read until they are final (the current
+        one and those of reloads through their held sessions, others through the master
+        until they are gone), then the process is waited for."""
         assert self.haproxy is not None
         pid = self.haproxy.pid
+        held = await self._hold_current() if pid else None
         try:
             workers = {w.pid for w in await self.haproxy.workers()} if pid else set()
         except (OSError, asyncio.IncompleteReadError):
             workers = {self.worker} if self.worker else set()
-        workers |= self.old_workers
+        deadline = time.monotonic() + self.cfg.drain_timeout_s
+        if held is not None:
+            self._read_to_the_end(held, deadline)
+        workers = (workers | self.old_workers) - set(self.holds)
         if pid is not None:
             os.kill(pid, signal.SIGUSR1)
-        deadline = time.monotonic() + self.cfg.drain_timeout_s
         while workers and time.monotonic() < deadline:
             for w in list(workers):
                 rows = await self.haproxy.worker_stats(w)
@@ -508,6 +517,12 @@ class Edge:
                 self.meter.observe_stat(w, rows)
             self._flush_now()
             await asyncio.sleep(0.05)
+        if self.holds:
+            _, late = await asyncio.wait(list(self.holds.values()),
+                                         timeout=max(0.0, deadline - time.monotonic()))
+            for t in late:
+                t.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         await self.haproxy.stop(timeout=5)
 
     async def _tick_loop(self) -> None:
@@ -696,12 +711,14 @@ class Edge:
             if on_disk == rendered.text:
                 await self.haproxy.start()
                 self.worker = await self.haproxy.current_worker()
+                await self._take_over_workers()
                 await self._sync_servers()
                 await self.haproxy.admin.set_log_every(self.log_every)
                 log.info("adopted the running HAProxy (worker %d)", self.worker)
                 return
             await self.haproxy.start()  # adopts
             self.worker = await self.haproxy.current_worker()
+            await self._take_over_workers()
             await self._reload()  # writes the configuration, then reloads into it
             log.info("adopted the running HAProxy and reloaded it into the current "
                      "configuration (worker %d)", self.worker)
@@ -709,11 +726,22 @@ class Edge:
         H.write_config(conf, rendered)
         await self.haproxy.start()
         self.worker = await self.haproxy.current_worker()
+        await self._take_over_workers()
         for lv in self.live.values():
             if lv.state == "ready":
                 lv.routed = True
                 self._srv_seen[(self.worker, lv.app, lv.id)] = (0, 0)
                 lv.cookie = await self._cookie_of(lv.app, lv.id)
+
+    async def _take_over_workers(self) -> None:
+        """At start: old workers a crashed edge process was still reading are read on
+        (through the master, until they exit); baselines of workers that are gone are
+        dropped (their counters went with them, and a new worker may get their pid)."""
+        assert self.haproxy is not None
+        alive = {w.pid for w in await self.haproxy.workers()}
+        self.old_workers |= alive - {self.worker}
+        for w in self.meter.workers() - alive - {ACTIVATOR_WORKER}:
+            self.meter.forget_worker(w)
 
     async def _sync_servers(self) -> None:
         """After adoption: HAProxy's dynamic servers match the instances the agents run."""
@@ -723,14 +751,13 @@ class Edge:
         have = {(s["be_name"], s["srv_name"]) for s in state if s.get("srv_name") != H.ACTIVATOR}
         want = {(lv.app, lv.id): lv for lv in self.live.values()
                 if lv.address and lv.state == "ready"}
-        rows = await rt.show_stat()
-        self.meter.observe_stat(self.worker, rows)
+        await self._observe_usage()
         for be, sv in have - set(want):
             if be in self.by_app:
                 self._flush_now(only=lambda k, be=be, sv=sv: k[1] == be and k[2] == sv)
                 with contextlib.suppress(H.HAProxyError):
                     await rt.remove_server(be, sv)
-                self.meter.forget_server(be, sv)
+                self.meter.forget_server(be, sv, keep_workers=self._stopping_workers())
         for (be, sv), lv in want.items():
             if (be, sv) not in have:
                 await rt.add_server(be, H.Server(sv, lv.address, weight=lv.weight or 1),
@@ -747,19 +774,26 @@ class Edge:
 
     async def _reload(self) -> None:
         """Write the configuration with the current instances and reload seamlessly; the
-        old worker's counters are read until it exits."""
+        old worker is held until its counters are final (``WorkerSession``)."""
         assert self.haproxy is not None
         async with self.reload_lock:
             conf = self._hconf()
             self.haproxy.conf = conf
             H.write_config(conf, H.render(conf))
-            with contextlib.suppress(Exception):
-                await self._observe_usage()
-            self._flush_now()
+            held = await self._hold_current()
             old = self.worker
-            self.worker = await self.haproxy.reload()
-            if old and old != self.worker:
-                self.old_workers.add(old)
+            try:
+                self.worker = await self.haproxy.reload()
+            except BaseException:
+                if held is not None:
+                    await held.close()
+                raise
+            if held is not None and held.pid != self.worker:
+                self._read_to_the_end(held)
+            elif held is not None:
+                await held.close()
+            elif old and old != self.worker:
+                self.old_workers.add(old)  # no session on it: read while it answers
             for lv in self.live.values():
                 if lv.state == "ready":
                     lv.routed = True
@@ -917,10 +951,65 @@ class Edge:
 
     # -- observe, decide, act --------------------------------------------------------------
     async def _observe_usage(self) -> list[dict[str, str]]:
+        """``show stat`` of the current worker, into the meter. While a reload hands the
+        admin socket over, the old worker may still answer it: ``show info`` on the same
+        connection says who answered, and only the current worker's counters are taken
+        under its name (the old one's are read through its own session)."""
         assert self.haproxy is not None
-        rows = await self.haproxy.admin.show_stat()
-        self.meter.observe_stat(self.worker, rows)
+        rows: list[dict[str, str]] = []
+        for _ in range(3):
+            info, stat = await self.haproxy.admin.run("show info", "show stat")
+            rows = H.parse_stat(stat)
+            if _info_value(info, "Pid") == str(self.worker):
+                self.meter.observe_stat(self.worker, rows)
+                break
         return rows
+
+    async def _hold_current(self) -> WorkerSession | None:
+        """A session on the current worker, opened before it is told to stop."""
+        assert self.haproxy is not None
+        for _ in range(3):
+            try:
+                s = await WorkerSession.open(self.haproxy.admin.socket_path)
+            except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+                log.warning("no session on HAProxy worker %d (%s): its last counters are "
+                            "read while it answers", self.worker, exc)
+                return None
+            if s.pid == self.worker:
+                return s
+            await s.close()  # the old worker of a reload still answering: again
+        return None
+
+    def _read_to_the_end(self, s: WorkerSession, deadline: float | None = None) -> None:
+        """Read a held worker that was told to stop until its counters are final, store
+        them, then let it exit (a task; ``stop`` waits for it until ``deadline``)."""
+        async def go() -> None:
+            done = False  # final, or gone: nothing more to read of it
+            pause = 0.02  # requests still in flight are usually short; long ones, rarer
+            try:
+                while not done and (deadline is None or time.monotonic() < deadline):
+                    done, rows = await s.read()
+                    self.meter.observe_stat(s.pid, rows)
+                    if not done:
+                        await asyncio.sleep(pause)
+                        pause = min(2 * pause, 0.5)
+            except (OSError, TimeoutError, asyncio.IncompleteReadError) as exc:
+                done = True
+                log.warning("HAProxy worker %d went away before its counters were final "
+                            "(%s): what it answered after the last read is not billed",
+                            s.pid, exc)
+            finally:
+                self._flush_now()
+                if done:  # else it runs on: its baselines stay for whoever reads it next
+                    self.meter.forget_worker(s.pid)
+                await s.close()
+
+        t = self.holds[s.pid] = asyncio.create_task(go())
+        t.add_done_callback(lambda _: self.holds.pop(s.pid, None))
+
+    def _stopping_workers(self) -> set[int]:
+        """Old workers still running (a deleted server lives on in them until they exit)."""
+        return self.old_workers | set(self.holds)
 
     async def _tick(self, observe: bool = True) -> None:
         if self._stopping:
@@ -1156,6 +1245,11 @@ class Edge:
                 raise AgentError(f"instance {info.id} is {info.state} without an address")
             lv = Live(info.id, a.placement, pr.app, info.version, a.server, "ready",
                       info.address, info.owner, info.vendor)
+            # whose it is, durably, before a request reaches it: a successor edge process
+            # must be able to attribute every count
+            self.store.remember(InstanceMeta(info.id, info.app, info.version, info.owner,
+                                             info.vendor, a.server, info.address),
+                                datetime.now(UTC))
             self.live[lv.id] = lv
             self.live.pop(hold.id, None)
             if a.placement not in self.placements:  # taken away meanwhile
@@ -1173,9 +1267,6 @@ class Edge:
                     log.warning("instance %s is ready but not yet in HAProxy: %s", lv.id, exc)
             else:
                 await self._reweigh(pr.app)
-            self.store.remember(InstanceMeta(info.id, info.app, info.version, info.owner,
-                                             info.vendor, a.server, info.address),
-                                datetime.now(UTC))
             self.m_restores.labels(*labels, "ok",
                                    "snapshot" if a.from_snapshot else "appshot").inc()
             self.m_restore_s.labels(*labels).observe(time.monotonic() - t0)
@@ -1207,7 +1298,7 @@ class Edge:
                 while lv.scur > 0 and time.monotonic() < deadline:
                     await asyncio.sleep(0.02)
                 self._flush_now(only=lambda k: k[2] == lv.id)
-                self.meter.forget_server(lv.app, lv.id)
+                self.meter.forget_server(lv.app, lv.id, keep_workers=self._stopping_workers())
             agent = self.agents.get(lv.server)
             kept = False
             if agent is not None and lv.state != "unhealthy" and a.keep:
@@ -1242,21 +1333,16 @@ class Edge:
             await rt.drain(lv.app, lv.id)
         deadline = time.monotonic() + self.cfg.drain_timeout_s
         while True:
-            rows = await rt.show_stat()
+            rows = await self._observe_usage()
             row = next((r for r in rows if r.get("pxname") == lv.app
                         and r.get("svname") == lv.id), None)
             if row is None or _f(row.get("scur")) <= 0 or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.02)
-        self.meter.observe_stat(self.worker, rows)
-        for w in list(self.old_workers):
-            old = await self.haproxy.worker_stats(w)
-            if old is not None:
-                self.meter.observe_stat(w, old)
         self._flush_now(only=lambda k: k[1] == lv.app and k[2] == lv.id)
         if not await self._remove_server(lv.app, lv.id, attempts=25):
             self.leftover_servers.add((lv.app, lv.id))  # retried later; counters are stored
-        self.meter.forget_server(lv.app, lv.id)
+        self.meter.forget_server(lv.app, lv.id, keep_workers=self._stopping_workers())
 
     async def _remove_server(self, app: str, server: str, attempts: int = 1) -> bool:
         """``del server`` (HAProxy refuses while a connection is still attached: a request
@@ -1381,12 +1467,12 @@ class Edge:
             await self._observe_usage()
             for w in list(self.old_workers):
                 rows = await self.haproxy.worker_stats(w)
-                if rows is None or not _alive(w):
+                if rows is not None:
+                    self.meter.observe_stat(w, rows)
+                elif not _alive(w) or w not in {x.pid for x in await self.haproxy.workers()}:
                     self._flush_now()
                     self.meter.forget_worker(w)
                     self.old_workers.discard(w)
-                else:
-                    self.meter.observe_stat(w, rows)
         self._flush_now()
 
     async def _flush_history(self) -> None:
@@ -1499,6 +1585,62 @@ class Edge:
         await self._api_runner.setup()
         await web.TCPSite(self._api_runner, self.cfg.api_listen or self.cfg.listen,
                           self.cfg.api_port, reuse_address=True).start()
+
+
+class WorkerSession:
+    """A CLI session (prompt mode) on one HAProxy worker's admin socket, kept open while
+    that worker stops.
+
+    HAProxy keeps no counters across reloads: a worker told to stop (a reload, a stop)
+    finishes its requests and exits as soon as its last connection ends, and its
+    counters go with it, so reading it from time to time misses what it answered after
+    the last read. An open CLI session is one of its connections: the worker waits for
+    it. Once the worker stops accepting (``Stopping: 1``) and no frontend has a session
+    left, its ``show stat`` cannot change any more: final."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 timeout: float) -> None:
+        self.reader, self.writer, self.timeout = reader, writer, timeout
+        self.pid = 0
+
+    @classmethod
+    async def open(cls, socket_path: str, timeout: float = 5.0) -> WorkerSession:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_unix_connection(socket_path, limit=1 << 24), timeout)
+        s = cls(reader, writer, timeout)
+        try:
+            writer.write(b"prompt\n")
+            await writer.drain()
+            await asyncio.wait_for(reader.readuntil(b"> "), timeout)
+            s.pid = int(_info_value(await s.ask("show info"), "Pid") or "")
+        except BaseException:
+            await s.close()
+            raise
+        return s
+
+    async def ask(self, command: str) -> str:
+        self.writer.write(command.encode() + b"\n")
+        await self.writer.drain()
+        raw = await asyncio.wait_for(self.reader.readuntil(b"\n> "), self.timeout)
+        return raw[:-3].decode(errors="replace").strip("\n")
+
+    async def read(self) -> tuple[bool, list[dict[str, str]]]:
+        """(final, ``show stat``): final when it was read after the worker had stopped
+        accepting and while no frontend had a session."""
+        stopping = _info_value(await self.ask("show info"), "Stopping") == "1"
+        rows = H.parse_stat(await self.ask("show stat"))
+        idle = all(_f(r.get("scur")) == 0 for r in rows if r.get("svname") == "FRONTEND")
+        return stopping and idle, rows
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError, OSError):
+            await self.writer.wait_closed()
+
+
+def _info_value(show_info: str, key: str) -> str | None:
+    m = re.search(rf"^{re.escape(key)}: *(.*)$", show_info, re.M)
+    return m.group(1).strip() if m else None
 
 
 def observe_due(urgent: bool, since_observed_s: float, tick_s: float) -> bool:
