@@ -7,9 +7,7 @@ import http.client
 import json
 import os
 import signal
-import socket
 import sqlite3
-import textwrap
 import threading
 import time
 from collections import Counter
@@ -17,70 +15,19 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from _netkit import TWO_EDGEPOINTS, hello_app, regions_of, write_network_policy
 from edgeshot.control._config import ControllerConfig
 from edgeshot.control._localnet import LocalNetwork, Proc, _http_ok, _pid_alive, _write_procs
 from edgeshot.control._metering_store import micro
 
-REPO = Path(__file__).resolve().parents[2]
-_N = [0]
 
-
-def free_ports(n: int) -> list[int]:
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
-
-
-def write_policy(d: Path, *, edgepoints: tuple[tuple[str, str], ...] = (
-        ("eu", "eu-central"), ("us", "us-east")), pricing: str, budget: str = "100 EUR",
-        min_: int = 0, max_: int = 2, global_max: int = 4, slots: int = 4,
-        users_per_instance: int = 10) -> Path:
-    _N[0] += 1
-    http_, agent, edge, ctl, stats = free_ports(5)
-    slot_net = f"10.{100 + (os.getpid() + _N[0]) % 50}.0.0/16"
-    eps = ",\n                ".join(
-        f'Edgepoint(name="{n}", region="{r}", location="local", server_type="local", '
-        f"servers=1, slots_per_server={slots})" for n, r in edgepoints)
-    regions = tuple(r for _, r in edgepoints)
-    text = textwrap.dedent(f'''
-        from edgeshot.spec import (SLA, Application, Budget, Cleave, Controller, Distribution,
-            EdgeNetwork, Edgepoint, Local, Owner, Ports, Pricing, Resources, Routing, Source,
-            Tier, WarmupRequest)
-
-        network = EdgeNetwork(
-            name="bill{os.getpid() % 10000}x{_N[0]}",
-            provider=Local(http_port={http_}),
-            edgepoints=(
-                {eps},
-            ),
-            controller=Controller(location="local", server_type="local"),
-            pricing=Pricing({pricing}),
-            ports=Ports(agent={agent}, edge={edge}, controller={ctl}, stats={stats}),
-            slot_network="{slot_net}",
-        )
-
-        hello = Application(
-            name="hello", version="1.0", owner=Owner(id="acme"), vendor="acme-isv",
-            routing=Routing(hosts=("hello.test",)),
-            source=Source(path="{REPO / 'examples' / 'hello'}"),
-            tiers=(Tier(name="web", command="python3 app.py", reseed_signal="SIGUSR2",
-                        resources=Resources(cpu="0.25", memory_mb=64)),),
-            warmup=(WarmupRequest(path="/", count=2),),
-            distribution=Distribution(regions={regions!r}, min={min_}, max={max_},
-                                      global_max={global_max}),
-            sla=SLA(max_response_ms=500, users_per_instance={users_per_instance}, idle_s=600),
-            budget=Budget(monthly="{budget}"),
-        )
-    ''')
-    path = d / "policy.py"
-    path.write_text(text)
-    return path
+def write_policy(d: Path, *, edgepoints: tuple[tuple[str, str], ...] = TWO_EDGEPOINTS,
+                 pricing: str, budget: str = "100 EUR", min_: int = 0, max_: int = 2,
+                 global_max: int = 4, slots: int = 4, users_per_instance: int = 10) -> Path:
+    app = hello_app(regions_of(edgepoints), min_=min_, max_=max_, global_max=global_max,
+                    users_per_instance=users_per_instance, budget=budget)
+    return write_network_policy(d, app, name="bill", pricing=f"Pricing({pricing})",
+                                subnets=(100, 50), edgepoints=edgepoints, slots=slots)
 
 
 class Net:

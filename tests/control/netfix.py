@@ -3,12 +3,11 @@ and an in-process stand-in for edge processes."""
 
 from __future__ import annotations
 
-import os
-import socket
 import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from _netkit import REPO, TWO_EDGEPOINTS, hello_app, regions_of, write_network_policy
 from edgeshot.control._edges import (
     EdgeStatus,
     PlacementOrder,
@@ -16,51 +15,15 @@ from edgeshot.control._edges import (
     VersionFigures,
 )
 
-REPO = Path(__file__).resolve().parents[2]
-_N = [0]
 
-
-def free_ports(n: int) -> list[int]:
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
-
-
-def write_policy(dir: Path, *, edgepoints: tuple[tuple, ...] = (
-        ("eu", "eu-central"), ("us", "us-east")), app: str = "hello",
-        extra_apps: str = "", servers: int = 1, slots: int = 4, users_per_instance: int = 10,
-        max_per_edgepoint: int = 2) -> Path:
+def write_policy(dir: Path, *, edgepoints: tuple[tuple, ...] = TWO_EDGEPOINTS,
+                 app: str = "hello", extra_apps: str = "", servers: int = 1, slots: int = 4,
+                 users_per_instance: int = 10, max_per_edgepoint: int = 2) -> Path:
     """A local network of `edgepoints` with the hello app (or the shop, or the probe) on all
     of them."""
-    _N[0] += 1
-    http, agent, edge, ctl, stats = free_ports(5)
-    slot_net = f"10.{150 + (os.getpid() + _N[0]) % 50}.0.0/16"
-    eps = ",\n        ".join(
-        f'Edgepoint(name="{e[0]}", region="{e[1]}", location="local", server_type="local", '
-        f"servers={servers}, slots_per_server={e[2] if len(e) > 2 else slots})"
-        for e in edgepoints)
-    regions = [e[1] for e in edgepoints]
+    regions = regions_of(edgepoints)
     if app == "hello":
-        apps = textwrap.dedent(f'''
-            hello = Application(
-                name="hello", version="1.0", owner=Owner(id="acme"), vendor="acme-isv",
-                routing=Routing(hosts=("hello.test",)),
-                source=Source(path="{REPO / 'examples' / 'hello'}"),
-                tiers=(Tier(name="web", command="python3 app.py", reseed_signal="SIGUSR2",
-                            resources=Resources(cpu="0.25", memory_mb=64)),),
-                warmup=(WarmupRequest(path="/", count=2),),
-                cleave=Cleave(affinity=True),
-                distribution=Distribution(regions={tuple(regions)!r}, min=0, max=2, global_max=3),
-                sla=SLA(max_response_ms=200, users_per_instance=10, idle_s=5),
-                budget=Budget(monthly="100 EUR"),
-            )
-        ''')
+        apps = hello_app(regions, affinity=True, global_max=3, sla_ms=200, idle_s=5)
     elif app == "probe":
         apps = textwrap.dedent(f'''
             probe = Application(
@@ -84,29 +47,13 @@ def write_policy(dir: Path, *, edgepoints: tuple[tuple, ...] = (
             import sys
             sys.path.insert(0, "{REPO / 'examples' / 'shop'}")
             from apps import shop
-            shop_app = shop({regions!r}, budget="60 EUR", origin_url="http://127.0.0.1:9")
+            shop_app = shop({list(regions)!r}, budget="60 EUR", origin_url="http://127.0.0.1:9")
             shop_app = shop_app.model_copy(update={{"source": Source(path="{REPO / 'examples' / 'shop' / 'app'}")}})
         ''')
-    text = textwrap.dedent(f'''
-        from edgeshot.spec import (SLA, Application, Budget, Cleave, Controller, Distribution,
-            EdgeNetwork, Edgepoint, Local, Owner, Ports, Pricing, Resources, Routing, Source,
-            Tier, WarmupRequest)
-
-        network = EdgeNetwork(
-            name="t{os.getpid() % 10000}x{_N[0]}",
-            provider=Local(http_port={http}),
-            edgepoints=(
-                {eps},
-            ),
-            controller=Controller(location="local", server_type="local"),
-            pricing=Pricing(cpu_second="0.00001", memory_gb_second="0.000001", network_gb="0.01"),
-            ports=Ports(agent={agent}, edge={edge}, controller={ctl}, stats={stats}),
-            slot_network="{slot_net}",
-        )
-    ''') + apps + extra_apps
-    path = dir / "policy.py"
-    path.write_text(text)
-    return path
+    return write_network_policy(
+        dir, apps + extra_apps, name="t", subnets=(150, 50), edgepoints=edgepoints,
+        servers=servers, slots=slots,
+        pricing='Pricing(cpu_second="0.00001", memory_gb_second="0.000001", network_gb="0.01")')
 
 
 @dataclass

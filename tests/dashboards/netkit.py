@@ -9,7 +9,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import tempfile
 import textwrap
 import time
@@ -21,30 +20,18 @@ from typing import Any
 
 import aiohttp
 
+from _netkit import TWO_EDGEPOINTS, regions_of, write_network_policy
 from edgeshot.agent.client import AgentClient
 from edgeshot.control import billing
 from edgeshot.edge.client import EdgeClient
 
 APP_DIR = Path(__file__).resolve().parent / "app"
-_N = [0]
 
 # Prices that make a minute of test traffic cost real money: network bytes (counted by
 # the edges, exactly) at 2 cents a kilobyte; CPU and memory cheap enough for the budget to
 # pay for instances (their price sets the plan's cost ceiling).
 PRICING = ('Pricing(cpu_second="0.00001", memory_gb_second="0.000001", '
            'network_gb="20000", storage_gb_hour="0.001")')
-
-
-def free_ports(n: int) -> list[int]:
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
 
 
 @dataclass(frozen=True)
@@ -67,16 +54,9 @@ class AppDef:
         return f"{self.name}.test"
 
 
-def write_policy(d: Path, apps: list[AppDef], *, edgepoints=(("eu", "eu-central"),
-                                                            ("us", "us-east")),
+def write_policy(d: Path, apps: list[AppDef], *, edgepoints=TWO_EDGEPOINTS,
                  slots: int = 4) -> Path:
-    _N[0] += 1
-    http, agent, edge, ctl, stats = free_ports(5)
-    slot_net = f"10.{200 + (os.getpid() + _N[0]) % 40}.0.0/16"
-    eps = ",\n                ".join(
-        f'Edgepoint(name="{n}", region="{r}", location="local", server_type="local", '
-        f"servers=1, slots_per_server={slots})" for n, r in edgepoints)
-    regions = tuple(r for _, r in edgepoints)
+    regions = regions_of(edgepoints)
     app_text = ""
     for a in apps:
         app_text += textwrap.dedent(f'''
@@ -95,26 +75,8 @@ def write_policy(d: Path, apps: list[AppDef], *, edgepoints=(("eu", "eu-central"
                 {a.extra}
             )
         ''')
-    text = textwrap.dedent(f'''
-        from edgeshot.spec import (SLA, Application, Budget, Controller, Distribution,
-            EdgeNetwork, Edgepoint, LoadTest, Local, Owner, PassCriteria, Ports, Pricing,
-            Resources, Routing, Source, Tier, WarmupRequest, WeightedPath)
-
-        network = EdgeNetwork(
-            name="dash{os.getpid() % 10000}x{_N[0]}",
-            provider=Local(http_port={http}),
-            edgepoints=(
-                {eps},
-            ),
-            controller=Controller(location="local", server_type="local"),
-            pricing={PRICING},
-            ports=Ports(agent={agent}, edge={edge}, controller={ctl}, stats={stats}),
-            slot_network="{slot_net}",
-        )
-    ''') + app_text
-    path = d / "policy.py"
-    path.write_text(text)
-    return path
+    return write_network_policy(d, app_text, name="dash", pricing=PRICING, subnets=(200, 40),
+                                edgepoints=edgepoints, slots=slots)
 
 
 def tune_controller(state: Path, **metering: Any) -> None:
