@@ -14,6 +14,7 @@
 #     $VENV/bin/criu, so a second run is a no-op.
 # iptables is installed too: CRIU needs it to dump a network namespace.
 set -euo pipefail
+. "$(dirname "$0")/../lib.sh"
 
 CRIU_VERSION="${EDGESHOT_CRIU_VERSION:-4.2.1}"
 VENV="${VENV:?VENV must be the absolute path of the project venv}"
@@ -21,21 +22,10 @@ CACHE="${EDGESHOT_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/edgeshot}/criu"
 TARGET="$VENV/bin/criu"
 say() { echo "criu: $*"; }
 
-if [ "$(id -u)" -ne 0 ]; then
+if ! is_root; then
   say "skipped: not root (CRIU needs root); instances will cold-start instead of restoring"
   exit 0
 fi
-
-apt_install() {
-  local missing=()
-  for p in "$@"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  say "installing ${missing[*]}"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null \
-    || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; }
-}
 
 version_ok() {  # $1: criu binary; true when >= 4.2
   local v

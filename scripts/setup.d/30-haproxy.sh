@@ -6,9 +6,10 @@
 # disabled so that nothing listens on port 80 behind the project's back; edgeshot
 # runs its own HAProxy processes with their own configuration.
 set -euo pipefail
+. "$(dirname "$0")/../lib.sh"
 say() { echo "haproxy: $*"; }
 
-if [ "$(id -u)" -ne 0 ]; then
+if ! is_root; then
   if command -v haproxy >/dev/null 2>&1; then
     say "not root: using the installed $(haproxy -v 2>/dev/null | awk 'NR == 1 {print $3}')"
   else
@@ -17,22 +18,7 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 0
 fi
 
-missing=()
-for p in haproxy wrk; do
-  [ "$(dpkg-query -W -f='${Status}' "$p" 2>/dev/null || true)" = "install ok installed" ] || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  say "installing ${missing[*]}"
-  # policy-rc.d: no service starts during the installation (there is no init here anyway).
-  prc=/usr/sbin/policy-rc.d
-  had_prc=0; [ -e "$prc" ] && had_prc=1
-  [ "$had_prc" = 1 ] || { printf '#!/bin/sh\nexit 101\n' >"$prc"; chmod 0755 "$prc"; }
-  trap '[ "$had_prc" = 1 ] || rm -f "$prc"' EXIT
-  apt=(apt-get -o DPkg::Lock::Timeout=600 -y -q)  # wait for another apt run, do not fail
-  DEBIAN_FRONTEND=noninteractive "${apt[@]}" install --no-install-recommends "${missing[@]}" >/dev/null \
-    || { "${apt[@]}" update >/dev/null \
-         && DEBIAN_FRONTEND=noninteractive "${apt[@]}" install --no-install-recommends "${missing[@]}" >/dev/null; }
-fi
+apt_install haproxy wrk  # the package's service does not start (lib.sh: policy-rc.d)
 
 # The packaged service (if an init system started it) must not hold port 80.
 if command -v systemctl >/dev/null 2>&1 && [ -d /run/systemd/system ]; then
