@@ -1,4 +1,4 @@
-"""The shop, as its owner declares it: shared by the local and the Hetzner policies.
+"""The shop, as its owner declares it: shared by every policy_*.py of this directory.
 
 The edge part (catalog, cart) is a two-tier pod: `web` on $PORT talks to
 `store` over 127.0.0.1 inside the pod. Checkout and accounts stay at the
@@ -11,6 +11,7 @@ from edgeshot.spec import (
     Budget,
     Cleave,
     Distribution,
+    EdgeNetwork,
     LoadTest,
     Owner,
     PassCriteria,
@@ -85,3 +86,11 @@ def shop(regions: list[str], budget: str, origin_url: str) -> Application:
             criteria=PassCriteria(max_error_rate=0.01),
         ),
     )
+
+
+def shop_on(network: EdgeNetwork, budget: str) -> Application:
+    """The shop in every region of ``network``, cleaved to the network's origin."""
+    if network.origin is None:
+        raise ValueError(f"network {network.name}: the shop needs an origin")
+    regions = list(dict.fromkeys(ep.region for ep in network.edgepoints))
+    return shop(regions, budget, str(network.origin))

@@ -4,7 +4,7 @@
     cd stacks/aws && pulumi up      # see stacks/aws/README.md
 """
 
-from apps import shop
+from apps import shop_on
 
 from edgeshot.spec import AWS, Controller, EdgeNetwork, Edgepoint, PeakWindow, Pricing
 
@@ -31,10 +31,4 @@ network = EdgeNetwork(
     operators=("203.0.113.0/24",),
 )
 
-apps = [
-    shop(
-        ["eu-central", "eu-north", "us-east"],
-        budget="150 USD",
-        origin_url="https://origin.shop.example.com",
-    )
-]
+apps = [shop_on(network, budget="150 USD")]

@@ -3,7 +3,7 @@
     edgeshot plan examples/shop/policy_hetzner.py --format markdown
 """
 
-from apps import shop
+from apps import shop_on
 
 from edgeshot.spec import Controller, EdgeNetwork, Edgepoint, Hetzner, PeakWindow, Pricing
 
@@ -29,10 +29,4 @@ network = EdgeNetwork(
     operators=("203.0.113.0/24",),
 )
 
-apps = [
-    shop(
-        ["eu-central", "eu-north", "us-east"],
-        budget="120 EUR",
-        origin_url="https://origin.shop.example.com",
-    )
-]
+apps = [shop_on(network, budget="120 EUR")]

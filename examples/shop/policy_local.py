@@ -4,7 +4,7 @@
     edgeshot plan examples/shop/policy_local.py
 """
 
-from apps import shop
+from apps import shop_on
 
 from edgeshot.spec import Controller, EdgeNetwork, Edgepoint, Local, PeakWindow, Pricing
 
@@ -29,4 +29,4 @@ network = EdgeNetwork(
     origin="http://127.0.0.1:9000",
 )
 
-apps = [shop(["eu-central", "us-east", "ap-southeast"], budget="60 EUR", origin_url="http://127.0.0.1:9000")]
+apps = [shop_on(network, budget="60 EUR")]
