@@ -65,26 +65,25 @@ def visible(apps: list[V.AppInfo], *, owners: Iterable[str] | None = None,
 # ------------------------------------------------------------------------------ history
 
 
-def latency(c: Any, p: V.Period, apps: Iterable[str]) -> list[V.LatencyRow]:
+def _per_minute_or_hour(c: Any, p: V.Period, table: str, columns: str,
+                        apps: Iterable[str]) -> list[Any]:
+    """(edgepoint, minute or hour, *columns) of ``apps`` in the period, from ``table``
+    (per minute) or ``table``_hour (the views longer than MINUTE_VIEWS)."""
     inn, names = _in(apps)
-    if p.view in MINUTE_VIEWS:
-        sql = (f"SELECT edgepoint, minute, app, version, count, errors, histogram FROM "
-               f"dash_latency WHERE minute >= ? AND minute < ? AND app IN {inn}")
-    else:
-        sql = (f"SELECT edgepoint, hour, app, version, count, errors, histogram FROM "
-               f"dash_latency_hour WHERE hour >= ? AND hour < ? AND app IN {inn}")
-    return [V.LatencyRow(*r) for r in c.store.query(sql, (p.start, p.end, *names))]
+    t, tbl = ("minute", table) if p.view in MINUTE_VIEWS else ("hour", f"{table}_hour")
+    return c.store.query(f"SELECT edgepoint, {t}, {columns} FROM {tbl} "
+                         f"WHERE {t} >= ? AND {t} < ? AND app IN {inn}",
+                         (p.start, p.end, *names))
+
+
+def latency(c: Any, p: V.Period, apps: Iterable[str]) -> list[V.LatencyRow]:
+    return [V.LatencyRow(*r) for r in _per_minute_or_hour(
+        c, p, "dash_latency", "app, version, count, errors, histogram", apps)]
 
 
 def regions(c: Any, p: V.Period, apps: Iterable[str]) -> list[V.RegionRow]:
-    inn, names = _in(apps)
-    if p.view in MINUTE_VIEWS:
-        sql = (f"SELECT edgepoint, minute, app, region, requests FROM dash_regions "
-               f"WHERE minute >= ? AND minute < ? AND app IN {inn}")
-    else:
-        sql = (f"SELECT edgepoint, hour, app, region, requests FROM dash_regions_hour "
-               f"WHERE hour >= ? AND hour < ? AND app IN {inn}")
-    return [V.RegionRow(*r) for r in c.store.query(sql, (p.start, p.end, *names))]
+    return [V.RegionRow(*r) for r in _per_minute_or_hour(
+        c, p, "dash_regions", "app, region, requests", apps)]
 
 
 def instance_samples(c: Any, p: V.Period, apps: Iterable[str]) -> list[V.InstanceSample]:

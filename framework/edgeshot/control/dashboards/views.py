@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from . import svg
 
@@ -36,6 +36,7 @@ __all__ = [
 ]
 
 ORIGIN = "@origin"  # the edge's version label for origin routes (not the app's SLA)
+
 VIEWS = ("live", "hour", "day", "month")
 _SPEC = {  # bucket seconds (None: calendar month), span, refresh seconds
     "live": (60, 30 * 60, 5),
@@ -411,6 +412,23 @@ def _capacity(c: CapacityView) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- pages
 
 
+class _OfApp(Protocol):
+    @property
+    def app(self) -> str: ...
+
+
+_R = TypeVar("_R", bound=_OfApp)
+
+
+def _by_app(rows: Iterable[_R], names: set[str]) -> defaultdict[str, list[_R]]:
+    """The rows of the apps ``names``, per app (an app without rows: an empty list)."""
+    out: defaultdict[str, list[_R]] = defaultdict(list)
+    for r in rows:
+        if r.app in names:
+            out[r.app].append(r)
+    return out
+
+
 def customer_view(*, owners: frozenset[str] | set[str], apps: Sequence[AppInfo], p: Period,
                   latency: Iterable[LatencyRow] = (), regions: Iterable[RegionRow] = (),
                   samples: Iterable[InstanceSample] = (), churn: Iterable[ChurnRow] = (),
@@ -420,26 +438,8 @@ def customer_view(*, owners: frozenset[str] | set[str], apps: Sequence[AppInfo],
     """The provider's page: its apps only."""
     mine = [a for a in apps if a.owner in owners]
     names = {a.name for a in mine}
-    lat = defaultdict(list)
-    for r in latency:
-        if r.app in names:
-            lat[r.app].append(r)
-    reg = defaultdict(list)
-    for r in regions:
-        if r.app in names:
-            reg[r.app].append(r)
-    smp = defaultdict(list)
-    for s in samples:
-        if s.app in names:
-            smp[s.app].append(s)
-    chn = defaultdict(list)
-    for c in churn:
-        if c.app in names:
-            chn[c.app].append(c)
-    caps = defaultdict(list)
-    for c in capacity:
-        if c.app in names:
-            caps[c.app].append(c)
+    lat, reg = _by_app(latency, names), _by_app(regions, names)
+    smp, chn, caps = _by_app(samples, names), _by_app(churn, names), _by_app(capacity, names)
     out_apps = []
     xl = p.x_labels()
     rng = (p.start, p.end)
