@@ -31,6 +31,7 @@ from edgeshot.plan import (
 from edgeshot.spec import Spec, SpecError, load
 
 from . import appshot, network, remote
+from ._common import fail
 from .agent import agent, token
 from .bill import bill
 from .edge import edge
@@ -68,12 +69,6 @@ class Format(StrEnum):
     table = "table"
     markdown = "markdown"
     json = "json"
-
-
-def _fail(message: str) -> typer.Exit:
-    """Print `message` (plain text, never markup: it holds paths) and return exit 1."""
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(1)
 
 
 def _load(file: Path) -> Spec:
@@ -130,7 +125,7 @@ def plan(
         try:
             write_plan(new, out_file)
         except OSError as exc:
-            raise _fail(f"{out_file}: cannot write the plan ({exc.strerror or exc})") from None
+            raise fail(f"{out_file}: cannot write the plan ({exc.strerror or exc})") from None
     if previous is None:
         _show_plan(new, fmt)
         return
@@ -176,14 +171,14 @@ def _read(path: Path) -> Plan:
     try:
         return read_plan(path)
     except FileNotFoundError:
-        raise _fail(f"{path}: no such plan file") from None
+        raise fail(f"{path}: no such plan file") from None
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
         detail = f"{where}: {first.get('msg')}" if where else str(first.get("msg"))
-        raise _fail(f"{path}: not an edgeshot plan ({detail})") from None
+        raise fail(f"{path}: not an edgeshot plan ({detail})") from None
     except (OSError, ValueError) as exc:
-        raise _fail(f"{path}: cannot be read as a plan ({exc})") from None
+        raise fail(f"{path}: cannot be read as a plan ({exc})") from None
 
 
 def _show_plan(p: Plan, fmt: Format) -> None:

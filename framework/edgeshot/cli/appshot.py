@@ -16,6 +16,8 @@ from rich.table import Table
 
 from edgeshot.agent import appshots as A
 
+from ._common import fail
+
 app = typer.Typer(help="Appshots: frozen running apps, restored in milliseconds.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 out = Console()
@@ -29,11 +31,6 @@ def _host(state_dir: Path) -> A.Host:
     return A.Host(state_dir=state_dir, kits=0)  # one command: no kits kept ready
 
 
-def _fail(msg: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {escape(msg)}", highlight=False)
-    return typer.Exit(1)
-
-
 def _cold_note() -> None:
     st = A.criu_status()
     if not st.usable:
@@ -45,14 +42,14 @@ def _spec(policy: Path, app_name: str | None, reseed: str | None) -> A.PodSpec:
     try:
         spec = load(policy)
     except SpecError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     apps = spec.applications
     if app_name:
         application = spec.application(app_name)
     elif len(apps) == 1:
         application = apps[0]
     else:
-        raise _fail(f"{policy} declares {len(apps)} apps; choose one with --app")
+        raise fail(f"{policy} declares {len(apps)} apps; choose one with --app")
     return A.pod_spec(application, spec.source_dir(application), reseed_signal=reseed)
 
 
@@ -71,7 +68,7 @@ def capture(
     try:
         res = A.capture(spec, out_dir, _host(state_dir), tarball=tarball)
     except A.NotRestorable as exc:
-        raise _fail("; ".join(exc.reasons)) from None
+        raise fail("; ".join(exc.reasons)) from None
     m = res.manifest
     out.print(f"captured {m.app} {m.version} into {res.path} ({len(m.files)} files, signer "
               f"{m.signer}): cold start {res.cold_start_ms:.0f} ms, {res.warmup_requests} "
@@ -92,7 +89,7 @@ def restore(
         try:
             inst = A.restore(appshot, host, lazy=lazy)
         except (A.AppshotRejected, A.IncompatibleCPU, A.NotRestorable) as exc:
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
         out.print(f"{inst.id} {inst.url} ({inst.origin}, criu {inst.restore_ms or 0:.1f} ms, "
                   f"healthy after {inst.ready_ms or 0:.1f} ms)")
 
@@ -107,11 +104,11 @@ def snapshot(
     host = _host(state_dir)
     inst = next((i for i in A.list_instances(host) if i.id == instance), None)
     if inst is None:
-        raise _fail(f"no running instance {instance}")
+        raise fail(f"no running instance {instance}")
     try:
         path = A.snapshot(inst, host, out_dir)
     except A.NotRestorable as exc:
-        raise _fail("; ".join(exc.reasons)) from None
+        raise fail("; ".join(exc.reasons)) from None
     out.print(f"snapshot of {instance} in {path}")
 
 
@@ -124,7 +121,7 @@ def stop(
     host = _host(state_dir)
     inst = next((i for i in A.list_instances(host) if i.id == instance), None)
     if inst is None:
-        raise _fail(f"no running instance {instance}")
+        raise fail(f"no running instance {instance}")
     A.stop(inst, host)
     out.print(f"stopped {instance}")
 
@@ -158,6 +155,6 @@ def verify(
     try:
         m = A.verify(appshot, _host(state_dir).trust())
     except (A.AppshotRejected, A.IncompatibleCPU) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     out.print(f"ok: {m.kind} {m.app} {m.version} of {m.owner or '-'}, signed by {m.signer}, "
               f"{len(m.files)} files verified, CPU compatible")

@@ -30,6 +30,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ._common import StateOpt, fail, find_state
+
 out = Console()
 err = Console(stderr=True)
 
@@ -46,23 +48,6 @@ class BillFormat(StrEnum):
     json = "json"
 
 
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(1)
-
-
-def _find_state(state: Path | None) -> Path:
-    if state is not None:
-        return state
-    root = Path(".state")
-    found = sorted(p.parent for p in root.glob("*/network.json")) if root.is_dir() else []
-    if len(found) == 1:
-        return found[0]
-    if not found:
-        raise _fail("no local network here: run `edgeshot up FILE` (or give --state DIR)")
-    raise _fail("several networks under ./.state: give --state " + " | ".join(map(str, found)))
-
-
 def bill(
     month: Annotated[str | None, typer.Option("--month", help="YYYY-MM (default: this month, "
                                               "in the network's time zone)")] = None,
@@ -71,9 +56,7 @@ def bill(
                                    "application across owners (ISV report); organisation: "
                                    "transfer pricing between departments")] = By.owner,
     format: Annotated[BillFormat, typer.Option("--format", help="table, csv or json")] = BillFormat.table,  # noqa: A002
-    state: Annotated[Path | None, typer.Option(
-        "--state", help="the network's state directory (default: $EDGESHOT_NETWORK, or the "
-        "only one under ./.state)", envvar="EDGESHOT_NETWORK", file_okay=False)] = None,
+    state: StateOpt = None,
 ) -> None:
     """What a month of usage costs: per owner, app and resource (peak hours at the peak
     multiplier), with totals that add up to the cent."""
@@ -82,8 +65,8 @@ def bill(
         if month is not None:
             billing.month_bounds(month)
     except ValueError as exc:
-        raise _fail(str(exc)) from None
-    data = fetch(_find_state(state), month, owner, by.value)
+        raise fail(str(exc)) from None
+    data = fetch(find_state(state), month, owner, by.value)
     text = render(data, by.value, format.value)
     if format is BillFormat.table:
         out.print(text, highlight=False) if isinstance(text, str) else out.print(text)
@@ -100,7 +83,7 @@ def fetch(state: Path, month: str | None, owner: str | None, by: str) -> dict[st
     try:
         net = LocalNetwork.open(state)
     except NetworkError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     try:
         return asyncio.run(_from_api(net, month, owner, by))
     except _Unreachable:
@@ -144,7 +127,7 @@ async def _from_api(net: Any, month: str | None, owner: str | None, by: str) -> 
         except ControllerError as exc:
             if exc.status is None:
                 raise _Unreachable from None
-            raise _fail(str(exc)) from None
+            raise fail(str(exc)) from None
 
 
 def from_store(db_path: Path, plan: Any, month: str | None, owner: str | None,
@@ -156,7 +139,7 @@ def from_store(db_path: Path, plan: Any, month: str | None, owner: str | None,
     from edgeshot.control.store import Store
 
     if not db_path.exists():
-        raise _fail(f"no controller store at {db_path}: has the network run?")
+        raise fail(f"no controller store at {db_path}: has the network run?")
     pricing = pricing_of(plan)
     zone = pricing.peak.timezone if pricing.peak else "UTC"
     month = month or _budgets.current_month(_budgets.now_utc(), zone)

@@ -23,30 +23,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ._common import StateOpt, fail, find_state
+
 out = Console()
 err = Console(stderr=True)
-
-StateOpt = Annotated[Path | None, typer.Option(
-    "--state", help="the network's state directory (default: $EDGESHOT_NETWORK, or the only "
-    "one under ./.state)", envvar="EDGESHOT_NETWORK", file_okay=False)]
-
-
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(1)
-
-
-def _find_state(state: Path | None) -> Path:
-    if state is not None:
-        return state
-    root = Path(".state")
-    found = sorted(p.parent for p in root.glob("*/network.json")) if root.is_dir() else []
-    if len(found) == 1:
-        return found[0]
-    if not found:
-        raise _fail("no local network here: run `edgeshot up FILE` (or give --state DIR)")
-    raise _fail("several networks under ./.state: give --state " + " | ".join(map(str, found)))
-
 
 def _load_spec(file: Path) -> Any:
     from edgeshot.spec import SpecError, load
@@ -65,7 +45,7 @@ def _client(state: Path, token: str = "operator") -> Any:
     try:
         net = LocalNetwork.open(state)
     except NetworkError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     return net, ControllerClient(net.manifest.controller_url, net.token(token))
 
 
@@ -75,9 +55,9 @@ def _percent(text: str | None) -> int | None:
     try:
         value = float(text.strip().rstrip("%"))
     except ValueError:
-        raise _fail(f"--canary {text!r}: give a share such as 10%") from None
+        raise fail(f"--canary {text!r}: give a share such as 10%") from None
     if not 0 < value < 100:
-        raise _fail(f"--canary {text!r}: between 0% and 100% (exclusive)")
+        raise fail(f"--canary {text!r}: between 0% and 100% (exclusive)")
     return max(1, round(value))
 
 
@@ -97,7 +77,7 @@ async def _wait_serving(client: Any, timeout: float, say: Any) -> dict[str, Any]
             return st
         failed = [e for e in await client.events(limit=1000) if e["kind"] == "start-failed"]
         if failed:
-            raise _fail(failed[-1]["message"])
+            raise fail(failed[-1]["message"])
         await asyncio.sleep(0.5)
     return st
 
@@ -123,7 +103,7 @@ def up(
         with out.status(f"starting network {name}…"):
             net.start(progress=lambda m: out.print(escape(f"  {m}"), highlight=False))
     except NetworkError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     from edgeshot.control.client import ControllerClient
 
     async def wait() -> dict[str, Any]:
@@ -162,18 +142,18 @@ def down(state: StateOpt = None) -> None:
     """Stop everything `up` started (instances, agents, edges, controller, dispatcher) and
     check that no process, namespace or mount is left behind."""
     from edgeshot.control._localnet import LocalNetwork, NetworkError
-    state = _find_state(state)
+    state = find_state(state)
     try:
         net = LocalNetwork.open(state)
     except NetworkError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     with out.status(f"stopping network {net.manifest.network}…"):
         cleaned = net.stop()
     for item in cleaned:
         err.print(f"  cleaned up after the fact: {escape(item)}", highlight=False)
     left = net.leftovers()
     if left:
-        raise _fail("left behind: " + ", ".join(left))
+        raise fail("left behind: " + ", ".join(left))
     out.print(f"[green]✓[/] network {net.manifest.network} stopped; nothing left behind",
               highlight=False)
 
@@ -183,7 +163,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="print the raw status")] = False,
 ) -> None:
     """Versions, canaries, instances per edgepoint, health."""
-    state = _find_state(state)
+    state = find_state(state)
     net, client = _client(state)
 
     async def get() -> dict[str, Any]:
@@ -194,7 +174,7 @@ def status(
     try:
         st = asyncio.run(get())
     except ControllerError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     if as_json:
         print(json.dumps(st, indent=1))
         return
@@ -252,7 +232,7 @@ def deploy(
 ) -> None:
     """Roll out a version: captured once, distributed, then a canary (or all at once)."""
     share = _percent(canary)
-    state = _find_state(state)
+    state = find_state(state)
     net, client = _client(state)
     plan_json = source = load_test = None
     name = target
@@ -262,7 +242,7 @@ def deploy(
         spec = _load_spec(Path(target))
         apps = [a for a in spec.applications if app is None or a.name == app]
         if len(apps) != 1:
-            raise _fail(f"{target} declares {[a.name for a in spec.applications]}: "
+            raise fail(f"{target} declares {[a.name for a in spec.applications]}: "
                         "choose one with --app")
         a = apps[0]
         p = compile_plan(as_local(spec)).app(a.name)
@@ -271,7 +251,7 @@ def deploy(
         plan_json, source, name = p.model_dump(mode="json"), str(spec.source_dir(a)), a.name
         load_test = a.load_test.model_dump(mode="json") if a.load_test else None
     elif not version:
-        raise _fail("give --version (or a policy file)")
+        raise fail("give --version (or a policy file)")
     if stage:
         from edgeshot.control._staging import stage_command
         raise typer.Exit(stage_command(client, name, version=version, plan=plan_json,
@@ -303,7 +283,7 @@ def deploy(
     try:
         dep = asyncio.run(go())
     except ControllerError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     color = {"promoted": "green", "rolled_back": "red"}.get(dep["phase"], "yellow")
     out.print(f"[{color}]{dep['phase']}[/]: {name} {dep['to_version']}", highlight=False)
     if dep["phase"] == "rolled_back":
@@ -315,7 +295,7 @@ def rollback(
     state: StateOpt = None,
 ) -> None:
     """All traffic back to the previous version, in seconds: no capture, no upload."""
-    state = _find_state(state)
+    state = find_state(state)
     net, client = _client(state)
     from edgeshot.control.client import ControllerError
 
@@ -326,7 +306,7 @@ def rollback(
     try:
         res = asyncio.run(go())
     except ControllerError as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
     out.print(f"[green]✓[/] {app}: {res['from']} → {res['to']} in {res['seconds'] * 1000:.0f} ms "
               f"({', '.join(f'{k}: {v}' for k, v in res['edges'].items())})", highlight=False)
 
@@ -341,7 +321,7 @@ def controller(
     try:
         run(ControllerConfig.load(config))
     except (ConfigError, OSError) as exc:
-        raise _fail(str(exc)) from None
+        raise fail(str(exc)) from None
 
 
 def demo(
@@ -375,7 +355,7 @@ def _default_demo_policy() -> Path:
         cand = root / "examples" / "shop" / "policy_local.py"
         if cand.exists():
             return cand
-    raise _fail("examples/shop/policy_local.py not found: give the policy file")
+    raise fail("examples/shop/policy_local.py not found: give the policy file")
 
 
 if __name__ == "__main__":  # python -m edgeshot.cli.network COMMAND … (before registration)
