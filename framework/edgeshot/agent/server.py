@@ -50,7 +50,6 @@ import re
 import socket
 import sys
 import time
-import tomllib
 from collections.abc import Callable
 from ipaddress import IPv4Network
 from pathlib import Path
@@ -60,6 +59,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .. import __version__
+from .._config_file import ConfigError, load_config
 from . import auth
 from ._core import Agent, ApiError, check_name
 from .auth import CONTROLLER_AGENT, EDGE_AGENT, OPERATOR, requires
@@ -82,10 +82,6 @@ AUDIT = (CONTROLLER_AGENT, OPERATOR)
 DEFAULT_PORT = 7440
 _HEX64 = re.compile(r"^[0-9a-fA-F]{64}$")
 M = TypeVar("M", bound=BaseModel)
-
-
-class ConfigError(Exception):
-    """The agent's configuration file cannot be used (message: file, key, problem)."""
 
 
 class AgentConfig(BaseModel):
@@ -132,25 +128,8 @@ class AgentConfig(BaseModel):
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> AgentConfig:
-        path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such file") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-        if isinstance(data.get("agent"), dict) and len(data) == 1:
-            data = data["agent"]  # an [agent] table is accepted too
-        base = path.resolve().parent
-        for key in ("state_dir", "tokens_file", "trust_dir", "signing_key", "criu"):
-            if isinstance(data.get(key), str):
-                data[key] = str(base / Path(data[key]).expanduser())
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            lines = [f"{path}: {'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}"
-                     for e in exc.errors(include_url=False)]
-            raise ConfigError("\n".join(lines)) from None
+        return load_config(cls, path, table="agent", paths=(
+            "state_dir", "tokens_file", "trust_dir", "signing_key", "criu"))
 
     def render(self) -> str:
         """This configuration as TOML (for templates and tests)."""

@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import os
-import tomllib
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from .._config_file import ConfigError, load_config  # noqa: F401 (ConfigError: re-exported)
 from ._metering import MeteringSection
-
-
-class ConfigError(Exception):
-    pass
 
 
 class _Section(BaseModel):
@@ -70,27 +66,9 @@ class ControllerConfig(_Section):
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ControllerConfig:
-        path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such file") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-        base = path.resolve().parent
-        for key in ("state_dir", "plan", "base_dir", "tokens_file", "agent_token_file",
-                    "edge_token_file", "excluded_file"):
-            if isinstance(data.get(key), str):
-                data[key] = str(base / Path(data[key]).expanduser())
-        disp = data.get("dispatcher")
-        if isinstance(disp, dict) and isinstance(disp.get("geo_file"), str):
-            disp["geo_file"] = str(base / Path(disp["geo_file"]).expanduser())
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            lines = [f"{path}: {'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}"
-                     for e in exc.errors(include_url=False)]
-            raise ConfigError("\n".join(lines)) from None
+        return load_config(cls, path, paths=(
+            "state_dir", "plan", "base_dir", "tokens_file", "agent_token_file",
+            "edge_token_file", "excluded_file", "dispatcher.geo_file"))
 
     def to_toml(self) -> str:
         """The configuration as TOML (paths absolute)."""

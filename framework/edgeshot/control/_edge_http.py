@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .._config_file import toml_text
 from ._edges import EdgeStatus, PlacementOrder, PlacementStatus, VersionFigures
 
 
@@ -147,21 +148,13 @@ def write_edge_configs(state: Path, plan: Any, tokens: dict[str, str],
             "api_port": host.ports["edge"], "state_dir": e["state_dir"],
             "tokens_file": str(state / "tokens" / "edge.toml"),
             "agent_token_file": tokens["edge-agent"], **options}
-        lines = []
-        for k, v in cfg.items():
-            if isinstance(v, bool):
-                lines.append(f"{k} = {'true' if v else 'false'}")
-            elif isinstance(v, int | float):
-                lines.append(f"{k} = {v!r}")
-            else:
-                lines.append(f"{k} = {json.dumps(str(v))}")
+        text = toml_text(cfg)
         for s in plan.servers:
             if s.edgepoint == ep.name:
                 url = f"http://{s.address}:{s.ports['agent']}"
-                lines += ["", "[[agents]]", f"name = {json.dumps(s.name)}",
-                          f"url = {json.dumps(url)}"]
+                text += f"\n[[agents]]\nname = {json.dumps(s.name)}\nurl = {json.dumps(url)}\n"
         path = Path(e["config"])
-        path.write_text("\n".join(lines) + "\n")
+        path.write_text(text)
         os.chmod(path, 0o600)
     return None
 

@@ -31,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from edgeshot._config_file import toml_text
 from edgeshot.agent import auth
 from edgeshot.plan import Plan, compile_plan, read_plan, write_plan
 from edgeshot.spec import Controller as SpecController
@@ -112,20 +113,6 @@ def _tag(state_dir: Path) -> str:
     h = hashlib.sha256(str(state_dir.resolve()).encode()).digest()
     alphabet = "abcdefghijklmnopqrstuvwxyz"
     return "".join(alphabet[b % 26] for b in h[:3])
-
-
-def _toml(data: dict[str, Any]) -> str:
-    lines = []
-    for k, v in data.items():
-        if v is None:
-            continue
-        if isinstance(v, bool):
-            lines.append(f"{k} = {'true' if v else 'false'}")
-        elif isinstance(v, int | float):
-            lines.append(f"{k} = {v!r}")
-        else:
-            lines.append(f"{k} = {json.dumps(str(v))}")
-    return "\n".join(lines) + "\n"
 
 
 def edge_available() -> bool:
@@ -235,7 +222,7 @@ class LocalNetwork:
                    "tokens_file": str(state / "tokens" / "agent.toml"),
                    "slot_subnet": s.slot_subnet, "slot_prefix": prefix, "slots": s.slots,
                    "access_log": False, **options}
-            (d / "agent.toml").write_text(_toml(cfg))
+            (d / "agent.toml").write_text(toml_text(cfg))
             out[s.name] = {"url": f"http://{s.address}:{s.ports['agent']}", "config": str(d / "agent.toml"),
                            "state_dir": str(d / "state"), "slot_prefix": prefix,
                            "slot_subnet": s.slot_subnet, "slots": s.slots, "edgepoint": s.edgepoint}
