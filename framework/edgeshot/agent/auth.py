@@ -43,7 +43,6 @@ import os
 import re
 import secrets
 import stat
-import tempfile
 import threading
 import time
 import tomllib
@@ -54,6 +53,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from ._sys import write_private
 
 log = logging.getLogger("edgeshot.auth")
 
@@ -316,21 +317,6 @@ def render_token_file(records: Iterable[TokenRecord]) -> str:
     return "\n".join(lines)
 
 
-def _write_atomic(path: Path, text: str, mode: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def issue_token(tokens_file: str | os.PathLike[str], name: str, scopes: Iterable[str], *,
                 secret_file: str | os.PathLike[str] | None = None) -> str:
     """Make a token, add its hash to ``tokens_file`` (created 0600 if missing) and return
@@ -342,14 +328,14 @@ def issue_token(tokens_file: str | os.PathLike[str], name: str, scopes: Iterable
     rec = TokenRecord(name=name, sha256=token_hash(token), scopes=tuple(scopes),
                       created=datetime.now(UTC).replace(microsecond=0))
     records = [r for r in records if r.name != name] + [rec]
-    _write_atomic(path, render_token_file(records), 0o600)
+    write_private(path, render_token_file(records))
     if secret_file is not None:
         write_secret(secret_file, token)
     return token
 
 
 def write_secret(path: str | os.PathLike[str], token: str) -> None:
-    _write_atomic(Path(path), token + "\n", 0o600)
+    write_private(Path(path), token + "\n")
 
 
 def read_secret(path: str | os.PathLike[str]) -> str:
