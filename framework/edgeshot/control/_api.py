@@ -18,7 +18,6 @@ GET      /metrics                         op                      Prometheus tex
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -26,15 +25,16 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from edgeshot import __version__
 from edgeshot.agent import auth
 from edgeshot.agent.auth import OPERATOR, public, requires
-from edgeshot.plan import AppPlan
 
 from ._controller import Controller
 from ._deploy import DeployError
+from ._http import body_of, owned, requested_plan
+from ._http import error as _error
 from ._staging import mount_staging
 from .dashboards import mount_dashboards
 from .metering import add_routes as add_metering_routes
@@ -57,10 +57,6 @@ class DeployRequest(BaseModel):
     policy: dict[str, Any] | None = None
 
 
-def _error(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": message, "code": code}, status=status)
-
-
 def _ctl(request: web.Request) -> Controller:
     return request.app[CONTROLLER_KEY]
 
@@ -75,13 +71,7 @@ def _may_see(p: auth.Principal):
 
 def _own_app(request: web.Request, app: str) -> web.Response | None:
     """None when the caller may act on `app`; else the error to answer."""
-    p = _principal(request)
-    row = _ctl(request).store.app(app)
-    if row is None:
-        return _error(404, "not_found", f"no application {app!r}")
-    if p.is_operator or row["owner"] in p.owners:
-        return None
-    return _error(404, "not_found", f"no application {app!r}")  # others' apps do not exist
+    return owned(_ctl(request).store, _principal(request), app)
 
 
 @public
@@ -125,38 +115,14 @@ async def deploy(request: web.Request) -> web.Response:
     c = _ctl(request)
     p = _principal(request)
     name = request.match_info["app"]
-    try:
-        body = DeployRequest.model_validate(await request.json())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return _error(400, "invalid", "the body must be JSON")
-    except ValidationError as exc:
-        return _error(422, "invalid", "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_url=False)))
-    if body.plan is not None:
-        try:
-            app_plan = AppPlan.model_validate(body.plan)
-        except ValidationError as exc:
-            return _error(422, "invalid", f"plan: {exc.errors(include_url=False)[0]['msg']}")
-        if app_plan.name != name:
-            return _error(422, "invalid", f"the plan is for {app_plan.name!r}, not {name!r}")
-        if body.version and body.version != app_plan.version:
-            app_plan = AppPlan.model_validate({**app_plan.model_dump(), "version": body.version})
-        row = c.store.app(name)
-        owner = row["owner"] if row else app_plan.owner
-        if not (p.is_operator or owner in p.owners) or app_plan.owner != owner:
-            return _error(404 if row else 403, "forbidden",
-                          f"token {p.name!r} may not deploy {name!r}")
-        if name not in {a.name for a in c.plan.apps}:
-            return _error(422, "invalid", f"{name!r} is not placed in this network's plan")
-    else:
-        if (err := _own_app(request, name)) is not None:
-            return err
-        if not body.version:
-            return _error(422, "invalid", "give a version, or the version's plan")
-        try:
-            app_plan = c.deploy.app_plan(name, body.version)
-        except DeployError as exc:
-            return _error(404, "not_found", str(exc))
+    body = await body_of(request, DeployRequest)
+    if isinstance(body, web.Response):
+        return body
+    app_plan = requested_plan(c, p, name, body.plan, body.version, "deploy")
+    if isinstance(app_plan, web.Response):
+        return app_plan
+    if body.plan is not None and name not in {a.name for a in c.plan.apps}:
+        return _error(422, "invalid", f"{name!r} is not placed in this network's plan")
     policy = None
     if body.policy:
         from ._canary import CanaryPolicy

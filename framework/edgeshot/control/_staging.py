@@ -44,6 +44,8 @@ from edgeshot.plan import AppPlan
 
 from . import _capacity
 from ._deploy import DeployError, appshot_name
+from ._http import body_of, owned, requested_plan
+from ._http import error as _err
 from ._store import Migration, register
 
 log = logging.getLogger("edgeshot.staging")
@@ -362,16 +364,8 @@ def _staging(request: web.Request) -> Staging:
     return request.app[STAGING_KEY]
 
 
-def _err(status: int, code: str, message: str) -> web.Response:
-    return web.json_response({"error": message, "code": code}, status=status)
-
-
 def _owned(request: web.Request, app: str) -> web.Response | None:
-    p: auth.Principal = request["principal"]
-    row = _staging(request).store.app(app)
-    if row is None or not (p.is_operator or row["owner"] in p.owners):
-        return _err(404, "not_found", f"no application {app!r}")
-    return None
+    return owned(_staging(request).store, request["principal"], app)
 
 
 @requires(OPERATOR, "owner:*")
@@ -379,36 +373,12 @@ async def post_stage(request: web.Request) -> web.Response:
     s = _staging(request)
     p: auth.Principal = request["principal"]
     name = request.match_info["app"]
-    try:
-        body = StageRequest.model_validate(await request.json())
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return _err(400, "invalid", "the body must be JSON")
-    except ValidationError as exc:
-        return _err(422, "invalid", "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}"
-                                              for e in exc.errors(include_url=False)))
-    if body.plan is not None:
-        try:
-            plan = AppPlan.model_validate(body.plan)
-        except ValidationError as exc:
-            return _err(422, "invalid", f"plan: {exc.errors(include_url=False)[0]['msg']}")
-        if plan.name != name:
-            return _err(422, "invalid", f"the plan is for {plan.name!r}, not {name!r}")
-        if body.version and body.version != plan.version:
-            plan = AppPlan.model_validate({**plan.model_dump(), "version": body.version})
-        row = s.store.app(name)
-        owner = row["owner"] if row else plan.owner
-        if not (p.is_operator or owner in p.owners) or plan.owner != owner:
-            return _err(404 if row else 403, "forbidden", f"token {p.name!r} may not stage "
-                        f"{name!r}")
-    else:
-        if (err := _owned(request, name)) is not None:
-            return err
-        if not body.version:
-            return _err(422, "invalid", "give a version, or the version's plan")
-        try:
-            plan = s.c.deploy.app_plan(name, body.version)
-        except DeployError as exc:
-            return _err(404, "not_found", str(exc))
+    body = await body_of(request, StageRequest)
+    if isinstance(body, web.Response):
+        return body
+    plan = requested_plan(s.c, p, name, body.plan, body.version, "stage")
+    if isinstance(plan, web.Response):
+        return plan
     if body.source_dir and not p.is_operator:
         return _err(403, "forbidden", "only operators may name a source directory")
     if body.load_test is not None:
