@@ -36,6 +36,8 @@ import textwrap
 import time
 from pathlib import Path
 
+from netkit import plain_haproxy_config
+
 HERE = Path(__file__).resolve().parent
 TINY = HERE / "apps" / "tiny"
 HOST = "bench.example.com"
@@ -329,20 +331,7 @@ def _ms(text: str) -> float:
 def plain_haproxy(net: Net, backend: str) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port()
     cfg = net.root / "plain.cfg"
-    cfg.write_text(textwrap.dedent(f"""\
-        global
-            maxconn 4096
-        defaults
-            mode http
-            timeout connect 3s
-            timeout client 60s
-            timeout server 60s
-        frontend plain
-            bind 127.0.0.1:{port}
-            default_backend app
-        backend app
-            server s1 {backend}
-        """))
+    cfg.write_text(plain_haproxy_config(port, backend))
     p = net._spawn(["haproxy", "-f", str(cfg)], net.root / "plain.log")
     wait(lambda: _connects(port), 10, "the plain HAProxy")
     return p, port

@@ -23,10 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -37,43 +35,15 @@ from rich.table import Table
 from edgeshot.control._config import CanarySection
 from edgeshot.control._localnet import LocalNetwork
 from edgeshot.control.client import ControllerClient
+from netkit import local_policy
 
 HERE = Path(__file__).resolve().parent
 APP = HERE.parent / "tests" / "control" / "apps" / "probe"
 HOST = "probe.test"
 
 
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def policy(dir: Path) -> Path:
-    http, agent, edge, ctl, stats = free_ports(5)
-    path = dir / "policy.py"
-    path.write_text(textwrap.dedent(f'''
-        from edgeshot.spec import (SLA, Application, Budget, Controller, Distribution,
-            EdgeNetwork, Edgepoint, Local, Owner, Ports, Pricing, Resources, Routing, Source,
-            Tier, WarmupRequest)
-
-        network = EdgeNetwork(
-            name="bench-rollback", provider=Local(http_port={http}),
-            edgepoints=(
-                Edgepoint(name="eu", region="eu-central", location="local", server_type="local",
-                          slots_per_server=4),
-                Edgepoint(name="us", region="us-east", location="local", server_type="local",
-                          slots_per_server=4),
-            ),
-            controller=Controller(location="local", server_type="local"),
-            pricing=Pricing(cpu_second="0.00001", memory_gb_second="0.000001", network_gb="0.01"),
-            ports=Ports(agent={agent}, edge={edge}, controller={ctl}, stats={stats}),
-            slot_network="10.198.0.0/16",
-        )
+    return local_policy(dir, f'''
         probe = Application(
             name="probe", version="1.0", owner=Owner(id="bench"), routing=Routing(hosts=("{HOST}",)),
             source=Source(path="{APP}"),
@@ -84,8 +54,8 @@ def policy(dir: Path) -> Path:
             sla=SLA(max_response_ms=1000, users_per_instance=20, idle_s=600),
             budget=Budget(monthly="1000 EUR"),
         )
-    '''))
-    return path
+    ''', name="bench-rollback", slot_network="10.198.0.0/16",
+                        edgepoints=(("eu", "eu-central", 4), ("us", "us-east", 4)))
 
 
 def version_plan(net: LocalNetwork, version: str) -> dict:

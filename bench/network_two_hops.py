@@ -26,7 +26,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -36,6 +35,7 @@ from rich.table import Table
 from edgeshot.agent.client import AgentClient
 from edgeshot.control._localnet import LocalNetwork
 from edgeshot.control.client import ControllerClient
+from netkit import free_ports, local_policy, plain_haproxy_config
 
 HERE = Path(__file__).resolve().parent
 # The instance: a minimal keep-alive HTTP/1.1 server (asyncio), so that proxies are measured.
@@ -43,32 +43,8 @@ APP = HERE / "apps" / "hops"
 HOST = "tiny.test"
 
 
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 def policy(dir: Path) -> Path:
-    http, agent, edge, ctl, stats = free_ports(5)
-    text = textwrap.dedent(f'''
-        from edgeshot.spec import (SLA, Application, Budget, Controller, Distribution,
-            EdgeNetwork, Edgepoint, Local, Owner, Ports, Pricing, Resources, Routing, Source,
-            Tier, WarmupRequest)
-
-        network = EdgeNetwork(
-            name="bench-hops", provider=Local(http_port={http}),
-            edgepoints=(Edgepoint(name="eu", region="eu-central", location="local",
-                                  server_type="local", slots_per_server=2),),
-            controller=Controller(location="local", server_type="local"),
-            pricing=Pricing(cpu_second="0.00001", memory_gb_second="0.000001", network_gb="0.01"),
-            ports=Ports(agent={agent}, edge={edge}, controller={ctl}, stats={stats}),
-            slot_network="10.199.0.0/16",
-        )
+    return local_policy(dir, f'''
         tiny = Application(
             name="tiny", version="1", owner=Owner(id="bench"), routing=Routing(hosts=("{HOST}",)),
             source=Source(path="{APP}"),
@@ -79,10 +55,7 @@ def policy(dir: Path) -> Path:
             sla=SLA(max_response_ms=1000, users_per_instance=10000, idle_s=3600),
             budget=Budget(monthly="1000 EUR"),
         )
-    ''')
-    path = dir / "policy.py"
-    path.write_text(text)
-    return path
+    ''', name="bench-hops", slot_network="10.199.0.0/16", edgepoints=(("eu", "eu-central", 2),))
 
 
 def wrk(url: str, seconds: float, conns: int, headers: dict[str, str]) -> dict[str, float]:
@@ -107,21 +80,7 @@ def _ms(text: str) -> float:
 def plain_haproxy(dir: Path, backend: str) -> tuple[subprocess.Popen[bytes], int]:
     (port,) = free_ports(1)
     cfg = dir / "plain.cfg"
-    cfg.write_text(textwrap.dedent(f"""\
-        global
-            maxconn 4096
-        defaults
-            mode http
-            option http-keep-alive
-            timeout connect 3s
-            timeout client 60s
-            timeout server 60s
-        frontend plain
-            bind 127.0.0.1:{port}
-            default_backend app
-        backend app
-            server s1 {backend}
-        """))
+    cfg.write_text(plain_haproxy_config(port, backend, keep_alive=True))
     p = subprocess.Popen(["haproxy", "-db", "-f", str(cfg)], stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 10
