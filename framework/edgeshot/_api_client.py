@@ -1,7 +1,8 @@
 """What the clients of our HTTP APIs share: session, bearer token, retries, typed errors.
 
 ``agent/client.py`` and ``edge/client.py`` each subclass ``ApiClient`` and add their
-API's calls; each has its own ``ApiError`` subclasses (chosen by HTTP status).
+API's calls; each has its own ``ApiError`` subclasses (chosen by HTTP status). Both are
+usage sources (DESIGN.md, "Usage records"): ``iter_usage`` pages through either.
 
 Retries (with exponential backoff) only where repeating cannot do harm: always when
 the connection could not be made (nothing was sent); after a broken connection or a
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json as jsonlib
+from collections.abc import AsyncIterator
 from typing import Any, ClassVar, Self
 
 import aiohttp
@@ -103,6 +105,20 @@ class ApiClient:
         return self.by_status.get(status, self.error)(
             message, status=status, code=code,
             detail=[str(x) for x in detail] if isinstance(detail, list) else None)
+
+    async def usage(self, after: int = 0, limit: int = 1000) -> Any:
+        """A page of usage records with ``seq > after`` (for an API that is a usage source:
+        its subclass defines this)."""
+        raise NotImplementedError
+
+    async def iter_usage(self, after: int = 0, limit: int = 1000) -> AsyncIterator[Any]:
+        """``usage`` pages until caught up with the source's head."""
+        while True:
+            page = await self.usage(after, limit)
+            if not page.records:
+                return
+            yield page
+            after = page.last_seq
 
     async def _call(self, method: str, path: str, *, json: BaseModel | None = None,
                     params: dict[str, Any] | None = None, safe: bool = True,

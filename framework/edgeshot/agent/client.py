@@ -299,15 +299,6 @@ class AgentClient(ApiClient):
         return await self._get("/v1/usage", UsagePage,
                                params={"after": str(after), "limit": str(limit)})
 
-    async def iter_usage(self, after: int = 0, limit: int = 1000) -> AsyncIterator[UsagePage]:
-        """Pages until caught up with the agent's head."""
-        while True:
-            page = await self.usage(after, limit)
-            if not page.records:
-                return
-            yield page
-            after = page.last_seq
-
 
 def _seg(s: str) -> str:
     from urllib.parse import quote

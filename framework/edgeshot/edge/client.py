@@ -16,7 +16,7 @@ subclasses, with the edge's ``code``); the token never appears in an error or ``
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -138,15 +138,6 @@ class EdgeClient(ApiClient):
         """Data-path usage records with ``seq > after`` (store them and ``last_seq`` in one
         transaction: exactly once)."""
         return await self._get("/v1/usage", UsagePage, {"after": str(after), "limit": str(limit)})
-
-    async def iter_usage(self, after: int = 0, limit: int = 1000) -> AsyncIterator[UsagePage]:
-        while True:
-            page = await self.usage(after, limit)
-            if not page.records:
-                return
-            yield page
-            after = page.last_seq
-
     async def metrics(self) -> str:
         """The edge's Prometheus metrics followed by HAProxy's own exporter."""
         return (await self._send("GET", "/metrics")).decode()
