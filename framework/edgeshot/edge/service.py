@@ -51,7 +51,6 @@ import re
 import secrets
 import signal
 import time
-import tomllib
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
@@ -65,6 +64,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import __version__
+from .._config_file import ConfigError, load_config
 from ..agent import auth
 from ..agent.auth import CONTROLLER_EDGE, OPERATOR, requires
 from ..agent.client import AgentClient, AgentError
@@ -110,10 +110,6 @@ __all__ = ["EdgeConfig", "AgentRef", "Edge", "ConfigError", "run", "build_api"]
 
 READ = (CONTROLLER_EDGE, OPERATOR)
 WRITE = (CONTROLLER_EDGE,)
-
-
-class ConfigError(Exception):
-    """The edge's configuration cannot be used (message: file, key, problem)."""
 
 
 class AgentRef(BaseModel):
@@ -166,25 +162,8 @@ class EdgeConfig(BaseModel):
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> EdgeConfig:
-        path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"{path}: no such file") from None
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-        if isinstance(data.get("edge"), dict) and len(data) == 1:
-            data = data["edge"]
-        base = path.resolve().parent
-        for key in ("state_dir", "tokens_file", "agent_token_file", "plan", "haproxy"):
-            if isinstance(data.get(key), str):
-                data[key] = str(base / Path(data[key]).expanduser())
-        try:
-            return cls.model_validate(data)
-        except ValidationError as exc:
-            lines = [f"{path}: {'.'.join(str(p) for p in e['loc']) or '(top)'}: {e['msg']}"
-                     for e in exc.errors(include_url=False)]
-            raise ConfigError("\n".join(lines)) from None
+        return load_config(cls, path, table="edge", paths=(
+            "state_dir", "tokens_file", "agent_token_file", "plan", "haproxy"))
 
     def render(self) -> str:
         """This configuration as TOML (for tests and templates)."""
