@@ -388,8 +388,10 @@ def test_cli_reports_bad_inventory_and_target(tmp_path, inv):
     app = typer.Typer()
     remote.register(app)
     runner = CliRunner()
-    res = runner.invoke(app, ["exec", "true", "--on", "north", "-i", str(tmp_path / "no.json")])
-    assert res.exit_code == 1 and "no such file" in res.output
+    # an error line reads the same whatever the path's length or the terminal's width
+    for missing in (tmp_path / "no.json", tmp_path / ("d" * 150) / "no.json"):
+        res = runner.invoke(app, ["exec", "true", "--on", "north", "-i", str(missing)])
+        assert res.exit_code == 1 and f"{missing}: no such file" in res.output, res.output
     f = tmp_path / "inv.json"
     f.write_text(json.dumps(inv.model_dump(mode="json")))
     res = runner.invoke(app, ["logs", "east", "-i", str(f)])

@@ -31,7 +31,7 @@ from edgeshot.plan import (
 from edgeshot.spec import Spec, SpecError, load
 
 from . import appshot, network, remote
-from ._common import fail
+from ._common import err, fail
 from .agent import agent, token
 from .bill import bill
 from .edge import edge
@@ -62,7 +62,6 @@ app.command(rich_help_panel="Network")(bill)
 remote.register(app)
 
 out = Console()
-err = Console(stderr=True)
 
 
 class Format(StrEnum):

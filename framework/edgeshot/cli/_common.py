@@ -9,7 +9,9 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-_err = Console(stderr=True)
+# Errors and warnings go to stderr unwrapped: a message must read the same whatever the
+# terminal's width or a path's length (scripts and tests grep it).
+err = Console(stderr=True, soft_wrap=True)
 
 StateOpt = Annotated[Path | None, typer.Option(
     "--state", help="the network's state directory (default: $EDGESHOT_NETWORK, or the only "
@@ -19,7 +21,7 @@ StateOpt = Annotated[Path | None, typer.Option(
 def fail(message: str) -> typer.Exit:
     """Print `message` (plain text, never markup: it holds paths) and return exit 1 (for
     the caller to raise)."""
-    _err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(1)
 
 

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
-err = Console(stderr=True)
+from ._common import err
 
 
 def agent(

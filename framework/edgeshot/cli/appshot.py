@@ -16,12 +16,11 @@ from rich.table import Table
 
 from edgeshot.agent import appshots as A
 
-from ._common import fail
+from ._common import err, fail
 
 app = typer.Typer(help="Appshots: frozen running apps, restored in milliseconds.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 out = Console()
-err = Console(stderr=True)
 
 StateOpt = Annotated[Path, typer.Option("--state-dir", help="agent state (pods, keys, logs)",
                                         envvar="EDGESHOT_STATE")]

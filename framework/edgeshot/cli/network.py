@@ -23,10 +23,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ._common import StateOpt, fail, find_state
+from ._common import StateOpt, err, fail, find_state
 
 out = Console()
-err = Console(stderr=True)
 
 def _load_spec(file: Path) -> Any:
     from edgeshot.spec import SpecError, load

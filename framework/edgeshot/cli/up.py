@@ -47,8 +47,9 @@ from edgeshot.configure import Outcome, outcome
 from edgeshot.plan import Plan, compile_plan
 from edgeshot.spec import SpecError, load
 
+from ._common import err
+
 out = Console()
-err = Console(stderr=True)
 
 PROVIDER_PLUGINS = {"hetzner": ("hcloud", "pulumi_hcloud"), "aws": ("aws", "pulumi_aws"),
                     "digitalocean": ("digitalocean", "pulumi_digitalocean")}
