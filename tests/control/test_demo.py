@@ -35,3 +35,17 @@ def test_the_short_demo_passes_its_own_checks(tmp_path):
     assert {"users routed to their nearest edgepoint", "broken canary rolled back by itself",
             "scale to zero when the users leave", "down leaves nothing behind"} <= names
     print(json.dumps(outcome["figures"], indent=1))
+
+
+@pytest.mark.parametrize(("routing", "ready"), [
+    ({}, False),                                                     # no table yet
+    ({"shop": {"eu-central": ["eu", "us"], "us-east": ["us", "eu"]}}, True),
+    ({"shop": {"eu-central": ["eu"], "us-east": ["eu"]}}, False),     # us not healthy yet
+    ({"shop": {"eu-central": ["eu"], "us-east": []}}, False),         # us-east unrouted
+    ({"shop": {"eu-central": ["eu"]}}, False),                        # region missing
+    ({"shop": {"eu-central": ["eu"], "us-east": ["us"]},
+      "hello": {"eu-central": ["us"], "us-east": ["us"]}}, False),    # one app not yet
+])
+def test_the_demo_starts_its_users_once_every_region_reaches_its_nearest_edgepoint(routing, ready):
+    from edgeshot.control.demo import _nearest_first
+    assert _nearest_first(routing, {"eu-central": "eu", "us-east": "us"}) is ready

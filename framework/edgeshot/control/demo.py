@@ -331,7 +331,8 @@ async def _run(opts: DemoOptions, console: Console) -> DemoResult:
                 deadline = time.monotonic() + 180
                 while time.monotonic() < deadline:
                     st = await ctl.status()
-                    if all(a["primary"] and a["routed"] for a in st["apps"]):
+                    if all(a["primary"] and a["routed"] for a in st["apps"]) and \
+                            _nearest_first(await ctl.routing(), nearest):
                         break
                     if st["dispatcher"]["note"] and not st["dispatcher"]["running"]:
                         raise NetworkError(f"global dispatcher: {st['dispatcher']['note']}")
@@ -477,6 +478,15 @@ async def _show(opts: DemoOptions, console: Console, ctl: ControllerClient, net:
 
     _judge(result, ramp, before_canary, after_canary, final, nearest, peak_ready, zero_at, sla,
            dep, regions)
+
+
+def _nearest_first(routing: dict[str, dict[str, list[str]]], nearest: dict[str, str]) -> bool:
+    """Whether the dispatcher sends every region's users of every app to their nearest
+    edgepoint first: the demo's users arrive only then (on a loaded machine an edgepoint may
+    take a few ticks to be reported healthy, and its region's users would go elsewhere)."""
+    return bool(routing) and all(
+        (chains.get(region) or [None])[0] == ep
+        for chains in routing.values() for region, ep in nearest.items())
 
 
 def _judge(result: DemoResult, ramp: dict[str, Any], before: dict[str, Any],
