@@ -183,6 +183,15 @@ def test_lazy_restore_matches_eager_and_serves_faults(hello_shot, host, cleanup)
     A.stop(lazy, host)
 
 
+def test_a_lazy_pod_stopped_at_once_leaves_no_lazy_pages_daemon(hello_shot, host):
+    """Stopped while its daemon still holds the background push back: the daemon goes with
+    the pod (it used to wait for a "finished" word forever, and the log pump with it)."""
+    lazy = A.restore(hello_shot.path, host, lazy=True)
+    assert lazy.lazy_pid
+    A.stop(lazy, host)
+    assert not _alive(lazy.lazy_pid), "lazy-pages daemon outlived its pod"
+
+
 def _alive(pid: int) -> bool:
     from edgeshot.agent._sys import pid_alive, reap
     reap(pid)

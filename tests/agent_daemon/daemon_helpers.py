@@ -202,7 +202,7 @@ class AgentProcess:
         reap()
         time.sleep(0.1)
         if procs := procs_under(self.state):
-            leftovers.append(f"processes {procs}")
+            leftovers.append("processes " + "; ".join(f"{p} {_describe(p)}" for p in procs))
             for p in procs:
                 try:
                     os.kill(p, 9)
@@ -235,6 +235,17 @@ def pool_ids() -> tuple[str, str]:
 def make_agent(tmp: Path, tokens: Tokens, **kw) -> AgentProcess:
     prefix, subnet = pool_ids()
     return AgentProcess(tmp, tokens, prefix=prefix, subnet=subnet, **kw)
+
+
+def _describe(pid: int) -> str:
+    """A leftover process as a reader needs it: its parent and command line."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        state, ppid = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[:2]
+        cwd = os.readlink(f"/proc/{pid}/cwd")
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return "(gone)"
+    return f"(parent {ppid}, state {state}, cwd {cwd}): {cmd.strip()[:300]}"
 
 
 def procs_under(path: Path) -> list[int]:

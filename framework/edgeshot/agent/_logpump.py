@@ -300,10 +300,17 @@ class _Relay:
         for sock in (listen, daemon):
             sock.setblocking(True)
         sel.register(listen, selectors.EVENT_READ, ("relay", self))
+        # the daemon never writes: readable means it is gone (its pod stopped, or it was
+        # killed), and the relay with it, so that nothing waits for a restore that ended
+        sel.register(daemon, selectors.EVENT_READ, ("relay", self))
         _RELAYS.append(self)
 
     def ready(self, sock) -> None:
         try:
+            if sock is self.daemon:
+                if not self.daemon.recv(4096):
+                    self.close()
+                return
             if sock is self.listen:
                 self.conn, _ = self.listen.accept()
                 self.sel.unregister(self.listen)
@@ -361,7 +368,7 @@ class _Relay:
                 pass
 
     def close(self) -> None:
-        for sock in (self.conn, self.listen):
+        for sock in (self.conn, self.listen, self.daemon):
             if sock is not None and sock.fileno() >= 0:
                 try:
                     self.sel.unregister(sock)

@@ -542,7 +542,9 @@ def stop(inst: Instance, pool: SlotPool | None, *, grace_s: float = 2.0,
 
 
 def release(inst: Instance, pool: SlotPool | None, *, keep_dir: bool = False) -> None:
-    """Free what a pod held once its processes are gone (cgroup, slot, record)."""
+    """Free what a pod held once its processes are gone (lazy-pages daemon, cgroup, slot,
+    record)."""
+    _end_lazy_daemon(inst)
     if inst.cgroup:
         PodCgroup(inst.cgroup).remove()
     if pool is not None and inst.slot:
@@ -551,3 +553,22 @@ def release(inst: Instance, pool: SlotPool | None, *, keep_dir: bool = False) ->
     if not keep_dir:
         shutil.rmtree(inst.pod_dir, ignore_errors=True)
     reap()
+
+
+def _end_lazy_daemon(inst: Instance) -> None:
+    """A lazily restored pod's lazy-pages daemon has nothing left to serve once the pod is
+    gone; it waits for the restore's "finished" word (held back by the log pump's relay)
+    and would otherwise outlive the pod, e.g. one stopped within the hold, or stopped by an
+    agent other than the one that restored it. Only that daemon is killed: its pid must
+    still run ``criu lazy-pages`` with a work directory inside this pod's."""
+    pid = inst.lazy_pid
+    if not pid or not pid_alive(pid):
+        return
+    argv = cmdline(pid)
+    if "lazy-pages" not in argv or not any(a.startswith(str(inst.pod_dir)) for a in argv):
+        return
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    wait_gone(pid, 5)
