@@ -61,13 +61,16 @@ def _percent(text: str | None) -> int | None:
     return max(1, round(value))
 
 
-async def _wait_serving(client: Any, timeout: float, say: Any) -> dict[str, Any]:
-    """Until every app has a version serving at every edgepoint's dispatcher (or timeout)."""
+async def _wait_serving(client: Any, timeout: float, say: Any, state: Path) -> dict[str, Any]:
+    """Until every app has a version serving at every edgepoint's dispatcher (or timeout),
+    saying what this run of the controller does (an earlier run's events are history)."""
+    from edgeshot.control.client import start_failures
     deadline = time.monotonic() + timeout
-    seen = 0
+    seen = None
     st: dict[str, Any] = {}
     while time.monotonic() < deadline:
         st = await client.status()
+        seen = st.get("events_from", 0) if seen is None else seen
         for e in await client.events(after=seen, limit=200):
             seen = e["id"]
             say(f"  {e['kind']}: {e['message']}")
@@ -75,9 +78,11 @@ async def _wait_serving(client: Any, timeout: float, say: Any) -> dict[str, Any]
         if apps and all(a["primary"] and (a["routed"] or not st["dispatcher"]["running"])
                         for a in apps):
             return st
-        failed = [e for e in await client.events(limit=1000) if e["kind"] == "start-failed"]
+        failed = start_failures(st)
         if failed:
-            raise fail(failed[-1]["message"])
+            raise fail("; ".join(failed) + "\nThe network is still up: `edgeshot down --state "
+                       f"{state}`, fix the policy or the app, then `edgeshot up` again (a "
+                       "changed policy is captured again, an unchanged one retried).")
         await asyncio.sleep(0.5)
     return st
 
@@ -109,7 +114,9 @@ def up(
     async def wait() -> dict[str, Any]:
         async with ControllerClient(net.manifest.controller_url, net.token()) as c:
             return await _wait_serving(c, timeout,
-                                       lambda m: out.print(escape(m), highlight=False))
+                                       lambda m: out.print(escape(m), highlight=False,
+                                                           soft_wrap=True),
+                                       net.state_dir)
 
     st = asyncio.run(wait())
     _print_up(net, st)
