@@ -19,6 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from _netkit import REPO, write_network_policy
+from edgeshot.agent import _criu
 from edgeshot.cli import app as cli
 from edgeshot.control._localnet import LocalNetwork
 
@@ -95,6 +96,8 @@ def test_up_after_a_failed_start_captures_again_or_retries(tmp_path):
         code, out = run("up", fixed, "--state", state, "--timeout", "240")
         assert code == 0, out
         assert "hello 1.0: retrying the failed capture" in out
+        kind = "CRIU images" if _criu.status().usable else "cold start only"
+        assert "captured: hello-1.0 captured on eu-1 in " in out and kind in out, out
         assert "broken on purpose" not in out and "error:" not in out
         assert "network " in out and " is up" in out
         assert appshots_left(state) == ["hello-1.0"]
