@@ -84,7 +84,12 @@ async def _wait_serving(client: Any, timeout: float, say: Any, state: Path) -> d
                        f"{state}`, fix the policy or the app, then `edgeshot up` again (a "
                        "changed policy is captured again, an unchanged one retried).")
         await asyncio.sleep(0.5)
-    return st
+    routing = bool(st.get("dispatcher", {}).get("running"))
+    waiting = [a["name"] for a in st.get("apps", ())
+               if not a["primary"] or (routing and not a["routed"])]
+    raise fail(f"not serving after {timeout:.0f} s: {', '.join(waiting) or 'no app'}; the "
+               f"network is still up (`edgeshot status --state {state}`, logs in "
+               f"{state / 'logs'}; `edgeshot down --state {state}` stops it)")
 
 
 def up(
