@@ -235,19 +235,17 @@ class Controller:
             await asyncio.sleep(0.2)
         for app in self.plan.apps:
             decision = self.decisions.get(app.name)
-            if decision is not None and decision.message:
-                self.store.event("start", decision.message, app=app.name,
-                                 data={"action": decision.action})
+            said = {"action": decision.action if decision else "capture",
+                    "message": decision.message if decision else None}
+            if said["message"]:
+                self.store.event("start", said["message"], app=app.name,
+                                 data={"action": said["action"]})
             row = self.store.app(app.name)
             if row and row["primary_version"]:
                 self.starts[app.name] = {"version": row["primary_version"], "state": "serving",
-                                         "action": decision.action if decision else "serve",
-                                         "message": decision.message if decision else None}
+                                         **said}
                 continue
-            start = self.starts[app.name] = {
-                "version": app.version, "state": "starting",
-                "action": decision.action if decision else "capture",
-                "message": decision.message if decision else None}
+            start = self.starts[app.name] = {"version": app.version, "state": "starting", **said}
             try:
                 await self.deploy.start_app(app)
                 start["state"] = "serving"
