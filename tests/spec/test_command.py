@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from edgeshot.spec import CommandError, command_problems, expand_command, tier_environment
 
@@ -75,3 +77,26 @@ def test_problems_name_every_bad_word_and_refuse_secrets():
 
 def test_tier_environment_is_env_and_the_port():
     assert tier_environment({"A": "1"}, 9000) == {"A": "1", "PORT": "9000"}
+
+
+_words = st.lists(st.text(max_size=20), min_size=1, max_size=5)
+_env = st.dictionaries(st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True),
+                       st.text(max_size=20), max_size=4)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_words, _env)
+def test_any_text_with_its_dollars_doubled_comes_back_as_written(words, env):
+    """`$$` is the one escape: any word survives, one word for one word, whatever the env."""
+    escaped = tuple(w.replace("$", "$$") for w in words)
+    assert expand_command(escaped, env) == tuple(words)
+    assert command_problems(escaped, env) == []
+
+
+@settings(max_examples=200, deadline=None)
+@given(_env, st.text(max_size=10), st.text(max_size=10))
+def test_a_value_is_spliced_in_as_it_is(env, before, after):
+    """Whatever a value holds (spaces, quotes, $, globs), it lands verbatim inside its word."""
+    for name, value in env.items():
+        word = before.replace("$", "$$") + "${" + name + "}" + after.replace("$", "$$")
+        assert expand_command(("cmd", word), env) == ("cmd", before + value + after)
