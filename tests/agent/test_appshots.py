@@ -310,3 +310,21 @@ def test_cold_start_fallback_without_criu(host, monkeypatch, cleanup, hello_shot
     finally:
         monkeypatch.undo()
         _criu.status.cache_clear()
+
+
+def test_a_command_using_port_is_captured_and_restored(host, tmp_path, cleanup):
+    """`python3 -m http.server ${PORT}` (no shell): captured, restored, answering HTTP; its
+    process is found by its expanded command line (what the reseed signal relies on)."""
+    src = tmp_path / "static"
+    src.mkdir()
+    (src / "index.html").write_text("static over $PORT\n")
+    spec = A.PodSpec(app="static", version="1", source_dir=src, tiers=(A.TierSpec(
+        name="web", entry=True, health_path="/", port=8123,
+        command=("python3", "-m", "http.server", "${PORT}", "--bind", "0.0.0.0")),))
+    shot = A.capture(spec, tmp_path / "static-1", host, working_set=False)
+    meta = json.loads((shot.path / "restore.json").read_text())
+    assert list(meta["tier_pids"]) == ["web"]  # matched by its expanded command line
+    inst = A.restore(shot.path, host, lazy=False)
+    cleanup.append(inst)
+    assert (inst.port, _get(inst)) == (8123, (200, b"static over $PORT\n"))
+    A.stop(inst, host)

@@ -13,6 +13,7 @@ from agent_apps import HELLO
 
 from edgeshot.agent import _criu
 from edgeshot.agent import appshots as A
+from edgeshot.agent._pods import PodError
 from edgeshot.agent._sys import http_request
 
 
@@ -50,3 +51,30 @@ def test_without_root_instances_cold_start_and_say_why(unprivileged, tmp_path, c
         os.killpg(inst.pid, 0)
     assert not os.path.exists(f"/proc/{inst.pid}") or \
         open(f"/proc/{inst.pid}/stat").read().rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_a_command_gets_its_port_and_env_expanded_without_a_shell(unprivileged, tmp_path):
+    """`python3 -m http.server $PORT`: $PORT is the free port this instance got (not 8000),
+    ${SITE} comes from the tier's env, and a value with shell syntax stays one literal word."""
+    site = tmp_path / "src" / "my site"
+    site.mkdir(parents=True)
+    (site / "index.html").write_text("served from the expanded directory\n")
+    host = A.Host(state_dir=tmp_path / "state")
+    spec = A.PodSpec(app="static", version="1", source_dir=tmp_path / "src", tiers=(A.TierSpec(
+        name="web", entry=True, health_path="/", env={"SITE": "my site", "JUNK": "$(touch x)"},
+        command=("python3", "-m", "http.server", "$PORT", "--directory", "${SITE}",
+                 "--bind", "0.0.0.0"),),))
+    inst = A.start(spec, host)
+    try:
+        assert inst.port != 8000
+        assert http_request(inst.address, inst.port, "/") == (
+            200, b"served from the expanded directory\n")
+    finally:
+        A.stop(inst, host)
+    bad = spec.model_copy(update={"tiers": (spec.tiers[0].model_copy(
+        update={"command": ("python3", "-m", "http.server", "$PROT")}),)})
+    with pytest.raises(PodError, match=r"tier web: command word 3 \('\$PROT'\): \$PROT is not "
+                                         r"set for this tier; allowed: \$JUNK, \$PORT, \$SITE"):
+        A.start(bad, host)
+    assert A.list_instances(host) == []
+    assert not (tmp_path / "src" / "x").exists()

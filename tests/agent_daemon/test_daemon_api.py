@@ -276,3 +276,21 @@ async def test_malformed_requests_get_a_4xx_naming_the_problem(daemon: AgentProc
         got, answer = daemon.http(method, path, token=t, body=body)
         assert got == status, (method, path, got, answer)
         assert words in answer["error"] + " ".join(answer.get("detail") or []), answer
+
+
+async def test_a_failed_capture_leaves_nothing_and_does_not_block_the_retry(daemon: AgentProcess):
+    """A wrong tier command: the capture fails with the app's own complaint and leaves no
+    appshot (nor a staging dir), no instance and no slot in use; the same name then
+    captures at once with the command fixed."""
+    name = "hello-retry-1"
+    async with daemon.client() as c:
+        with pytest.raises(Invalid) as e:
+            await c.capture(hello_spec(command=("python3", "no_such_app.py")), name=name)
+        assert e.value.code == "app_failed" and "no_such_app.py" in str(e.value)
+        with pytest.raises(NotFound):
+            await c.get_appshot(name)
+        assert not [p for p in (daemon.state / "appshots").iterdir() if name in p.name]
+        assert await c.list_instances() == [] and (await c.capacity()).slots.used == 0
+        shot = (await c.capture(hello_spec(), name=name)).appshot
+        assert shot.name == name and shot.restorable
+        await c.delete_appshot(name)

@@ -213,3 +213,30 @@ async def test_agents_answer_and_are_polled(ctl):
     async with AgentClient(ctl.store.agents()[0]["url"], "est1_wrong") as bad:
         with pytest.raises(Unauthorized):
             await bad.health()
+
+
+async def test_a_changed_plan_replaces_what_the_old_one_left_on_the_agents(ctl):
+    """A version that never became the primary, whose policy changed: `up` (register_plan,
+    start_app) removes the appshots captured from the old plan and captures anew; nothing
+    made from the old plan is taken for the new one."""
+    c = ctl
+    app = c.plan.app("hello")
+    await c.deploy.start_app(app)  # captured (or found) on the agents: hello-1.0
+    before = {s: (await a.get_appshot("hello-1.0")).created for s, a in c.agents.items()}
+    c.store.set_app("hello", primary_version=None)  # as if it never started serving
+    assert c.deploy.register_plan()["hello"].action == "resume"  # same plan: kept
+    tier = app.tiers[0].model_copy(update={"env": {"GREETING": "changed"}})
+    changed = app.model_copy(update={"tiers": (tier,)})
+    c.deploy.plan = c.plan.model_copy(update={"apps": (changed,)})
+    decision = c.deploy.register_plan()["hello"]
+    assert (decision.action, decision.replace_plan) == ("recapture", True)
+    assert c.store.version("hello", "1.0")["state"] == "stale"
+    seen = c.store.last_event_id()
+    await c.deploy.start_app(changed)
+    captured = [e for e in c.store.events(after=seen) if e["kind"] == "captured"]
+    assert len(captured) == 1, captured
+    for s, a in c.agents.items():
+        assert (await a.get_appshot("hello-1.0")).created > before[s]
+    row = c.store.version("hello", "1.0")
+    assert row["state"] == "distributed" and '"GREETING":"changed"' in row["plan"]
+    assert c.fake["eu"].orders[-1].versions[0].plan["tiers"][0]["env"] == {"GREETING": "changed"}

@@ -23,6 +23,8 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from edgeshot.spec import CommandError, expand_command, tier_environment
+
 from . import _kits, _logpump
 from ._cgroups import PodCgroup
 from ._models import Instance, PodSpec, TierSpec, WarmupRequest
@@ -232,15 +234,26 @@ def _init_script(spec: PodSpec, ports: dict[str, int], env_rewrite: dict[str, st
     n = len(spec.tiers)
     lines = ["unset ES_INIT", f"cd {src} || exit 1"]
     for i, t in enumerate(spec.tiers):
-        env = {**{k: env_rewrite.get(v, v) for k, v in t.env.items()}, "PORT": str(ports[t.name])}
+        env = tier_environment({k: env_rewrite.get(v, v) for k, v in t.env.items()},
+                               ports[t.name])
         exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
         closes = " ".join(f"{FIRST_FD + j}>&-" for j in range(n))
-        cmd = " ".join(shlex.quote(c) for c in t.command)
+        cmd = " ".join(shlex.quote(c) for c in launch_command(t, env))
         fd = FIRST_FD + i
         lines.append(f"( export {exports}; exec {cmd} ) </dev/null >&{fd} 2>&{fd} {closes} &")
     lines.append("exec " + " ".join(f"{FIRST_FD + j}>&-" for j in range(n)))
     lines.append("wait")
     return "\n".join(lines) + "\n"
+
+
+def launch_command(tier: TierSpec, env: dict[str, str]) -> tuple[str, ...]:
+    """The argv a tier runs: its command with $PORT and its env expanded (no shell; see
+    edgeshot.spec.expand_command), or PodError naming the word at fault."""
+    try:
+        return expand_command(tier.command, env)
+    except CommandError as exc:
+        raise PodError(f"tier {tier.name}: command word {exc.index} ({exc.word!r}): {exc}") \
+            from None
 
 
 def _fd_moves(fds: list[int]) -> str:
@@ -457,7 +470,10 @@ def tier_of(argv: tuple[str, ...], tiers: tuple[TierSpec, ...]) -> TierSpec | No
     if not a:
         return None
     for t in tiers:
-        cmd = _norm(t.command)
+        try:  # what the tier runs: its command as launched (a slot pod's PORT is its port)
+            cmd = _norm(expand_command(t.command, tier_environment(t.env, t.port)))
+        except CommandError:  # its env is not kept (a restored pod's spec): as declared
+            cmd = _norm(t.command)
         if a == cmd or len(cmd) > 1 and a[-len(cmd) + 1:] == cmd[1:] and a[0].startswith(cmd[0]):
             return t
     return None

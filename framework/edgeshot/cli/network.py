@@ -60,13 +60,16 @@ def _percent(text: str | None) -> int | None:
     return max(1, round(value))
 
 
-async def _wait_serving(client: Any, timeout: float, say: Any) -> dict[str, Any]:
-    """Until every app has a version serving at every edgepoint's dispatcher (or timeout)."""
+async def _wait_serving(client: Any, timeout: float, say: Any, state: Path) -> dict[str, Any]:
+    """Until every app has a version serving at every edgepoint's dispatcher (or timeout),
+    saying what this run of the controller does (an earlier run's events are history)."""
+    from edgeshot.control.client import start_failures
     deadline = time.monotonic() + timeout
-    seen = 0
+    seen = None
     st: dict[str, Any] = {}
     while time.monotonic() < deadline:
         st = await client.status()
+        seen = st.get("events_from", 0) if seen is None else seen
         for e in await client.events(after=seen, limit=200):
             seen = e["id"]
             say(f"  {e['kind']}: {e['message']}")
@@ -74,11 +77,18 @@ async def _wait_serving(client: Any, timeout: float, say: Any) -> dict[str, Any]
         if apps and all(a["primary"] and (a["routed"] or not st["dispatcher"]["running"])
                         for a in apps):
             return st
-        failed = [e for e in await client.events(limit=1000) if e["kind"] == "start-failed"]
+        failed = start_failures(st)
         if failed:
-            raise fail(failed[-1]["message"])
+            raise fail("; ".join(failed) + "\nThe network is still up: `edgeshot down --state "
+                       f"{state}`, fix the policy or the app, then `edgeshot up` again (a "
+                       "changed policy is captured again, an unchanged one retried).")
         await asyncio.sleep(0.5)
-    return st
+    routing = bool(st.get("dispatcher", {}).get("running"))
+    waiting = [a["name"] for a in st.get("apps", ())
+               if not a["primary"] or (routing and not a["routed"])]
+    raise fail(f"not serving after {timeout:.0f} s: {', '.join(waiting) or 'no app'}; the "
+               f"network is still up (`edgeshot status --state {state}`, logs in "
+               f"{state / 'logs'}; `edgeshot down --state {state}` stops it)")
 
 
 def up(
@@ -108,7 +118,9 @@ def up(
     async def wait() -> dict[str, Any]:
         async with ControllerClient(net.manifest.controller_url, net.token()) as c:
             return await _wait_serving(c, timeout,
-                                       lambda m: out.print(escape(m), highlight=False))
+                                       lambda m: out.print(escape(m), highlight=False,
+                                                           soft_wrap=True),
+                                       net.state_dir)
 
     st = asyncio.run(wait())
     _print_up(net, st)

@@ -111,6 +111,10 @@ class Controller:
         self.metering = Metering(self)
         self.deploy.ceiling = self.metering.ceiling
         self.dispatcher = self._dispatcher()
+        # what this run says and does: events before it are history (an earlier run's
+        # failure is not this one's), and how each app is started (deploy.start_decision)
+        self.events_from = self.store.last_event_id()
+        self.starts: dict[str, dict[str, Any]] = {}
         self._register()
 
     # ------------------------------------------------------------------ set-up
@@ -157,7 +161,7 @@ class Controller:
         for s in self.plan.servers:
             self.store.upsert_agent(s.name, s.edgepoint or "",
                                     self.config.agents.get(s.name) or agent_url(self.plan, s.name))
-        self.deploy.register_plan()
+        self.decisions = self.deploy.register_plan()
 
     def dispatch_apps(self) -> list[DispatchApp]:
         out = []
@@ -230,15 +234,28 @@ class Controller:
                 break
             await asyncio.sleep(0.2)
         for app in self.plan.apps:
+            decision = self.decisions.get(app.name)
+            said = {"action": decision.action if decision else "capture",
+                    "message": decision.message if decision else None}
+            if said["message"]:
+                self.store.event("start", said["message"], app=app.name,
+                                 data={"action": said["action"]})
             row = self.store.app(app.name)
             if row and row["primary_version"]:
+                self.starts[app.name] = {"version": row["primary_version"], "state": "serving",
+                                         **said}
                 continue
+            start = self.starts[app.name] = {"version": app.version, "state": "starting", **said}
             try:
                 await self.deploy.start_app(app)
-            except (DeployError, AgentError) as exc:
-                log.error("starting %s failed: %s", app.name, exc)
-                self.store.event("start-failed", f"{app.name} {app.version}: {exc}",
-                                 app=app.name)
+                start["state"] = "serving"
+            except Exception as exc:  # noqa: BLE001 - said to the user, never a dead task
+                if isinstance(exc, (DeployError, AgentError)):
+                    log.error("starting %s failed: %s", app.name, exc)
+                else:
+                    log.exception("starting %s failed", app.name)
+                start.update(state="failed", message=f"{app.name} {app.version}: {exc}")
+                self.store.event("start-failed", start["message"], app=app.name)
         # edges that came up after the first push learn their placements now, and the
         # dispatcher routes to the new apps at once rather than at the next tick
         await self.deploy.push()
@@ -361,6 +378,7 @@ class Controller:
                 "figures": {v: vars(f) for v, f in figs.items()},
                 "deployment": dep[0] if dep else None,
                 "budget": self.metering.app_status(a["name"]),
+                "start": self.starts.get(a["name"]),  # this run's start (None: not begun)
             })
         eps = []
         for e in self.store.edgepoints():
@@ -374,7 +392,7 @@ class Controller:
                   for a in self.store.agents()]
         return {
             "network": self.plan.network, "provider": self.plan.provider,
-            "uptime_s": time.time() - self.started,
+            "uptime_s": time.time() - self.started, "events_from": self.events_from,
             "dispatcher": {"running": bool(self.dispatcher and self.dispatcher.running),
                            "bind": self.dispatcher.config.bind if self.dispatcher else None,
                            "note": self.dispatcher_note, "ticks": self.ticks,

@@ -18,15 +18,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeshot.agent.client import AgentClient, AgentError
+from edgeshot.agent.client import AgentClient, AgentError, NotFound
 from edgeshot.agent.models import PodSpec, TierSpec, WarmupRequest
 from edgeshot.plan import AppPlan, Placement, Plan, divide
 
@@ -58,6 +59,44 @@ def pod_spec(app: AppPlan, base_dir: Path, source_dir: Path | None = None) -> Po
 
 def appshot_name(app: str, version: str) -> str:
     return f"{app}-{version}"
+
+
+@dataclass(frozen=True)
+class StartDecision:
+    """What `up` does with an app's planned version, given what the store remembers."""
+
+    action: str  # capture | retry | recapture | resume | serve | stale
+    message: str | None  # said to the user (an event of kind "start"); None: nothing new
+    replace_plan: bool = False  # the stored plan (and what was made from it) is out of date
+
+
+def start_decision(app: str, version: str, plan_json: str, stored: dict[str, Any] | None,
+                   app_row: dict[str, Any] | None) -> StartDecision:
+    """Decide how `up` starts ``app`` ``version`` (its plan ``plan_json``) from the stored
+    version row (``versions``) and app row (``apps``) of earlier runs. A failed or
+    unfinished start is retried; a changed policy replaces what was made from the old one
+    (a version that already serves keeps its appshot: versions are immutable). Pure."""
+    what = f"{app} {version}"
+    primary = (app_row or {}).get("primary_version")
+    same = stored is None or json.loads(stored["plan"]) == json.loads(plan_json)
+    if primary == version:
+        if same:
+            return StartDecision("serve", None)
+        return StartDecision("stale", f"{what}: the policy changed but the version did not; "
+                             "the network keeps serving the appshot captured before: give the "
+                             "app a new version and `edgeshot deploy` it")
+    if primary is not None:
+        return StartDecision("serve", f"{app} keeps serving {primary}; roll {version} out "
+                             "with `edgeshot deploy`")
+    if stored is None:
+        return StartDecision("capture", f"{what}: capturing")
+    earlier = "failed" if stored["state"] == "failed" else "unfinished"
+    if not same:
+        return StartDecision("recapture", f"{what}: policy changed since the {earlier} capture "
+                             "— capturing again", replace_plan=True)
+    if earlier == "failed":
+        return StartDecision("retry", f"{what}: retrying the failed capture")
+    return StartDecision("resume", f"{what}: resuming the unfinished start")
 
 
 class DeploymentCenter:
@@ -92,11 +131,48 @@ class DeploymentCenter:
 
     # ------------------------------------------------------------------ the plan
 
-    def register_plan(self) -> None:
-        """Apps and their planned versions into the store (existing versions are kept)."""
+    def register_plan(self) -> dict[str, StartDecision]:
+        """Apps and their planned versions into the store; per app, how `up` starts it
+        (``start_decision``). A version whose policy changed since a failed or unfinished
+        start gets the new plan here; ``start_app`` removes what the old one left."""
+        out = {}
         for app in self.plan.apps:
+            plan_json = app.model_dump_json()
+            decision = start_decision(app.name, app.version, plan_json,
+                                      self.store.version(app.name, app.version),
+                                      self.store.app(app.name))
             self.store.put_app(app.name, app.owner, app.vendor)
-            self.store.put_version(app.name, app.version, app.model_dump_json())
+            if not self.store.put_version(app.name, app.version, plan_json) \
+                    and decision.replace_plan:
+                self.store.set_version(app.name, app.version, plan=plan_json, state="stale",
+                                       detail="policy changed", appshot=None)
+            out[app.name] = decision
+        return out
+
+    async def forget(self, app: AppPlan) -> None:
+        """Remove what an out-of-date plan of ``app``'s version left (appshots on the
+        agents, partial uploads, the controller's tarball), so that nothing captured from
+        it is taken for the new one; the version is then planned afresh."""
+        name = appshot_name(app.name, app.version)
+
+        async def one(server: str) -> None:
+            agent = self.agents[server]
+            try:
+                with contextlib.suppress(NotFound):  # no partial upload there
+                    await agent.abort_upload(name)
+                with contextlib.suppress(NotFound):  # none there: nothing to remove
+                    await agent.delete_appshot(name)
+            except AgentError as exc:
+                raise DeployError(f"{name} from the earlier policy could not be removed "
+                                  f"from {server}: {exc}") from exc
+
+        await asyncio.gather(*(one(s) for s in self.servers_of(app.name)))
+        for path in (self.cache / f"{name}.tar", self.cache / f"{name}.tar.part"):
+            path.unlink(missing_ok=True)
+        for d in self.store.distributions(app.name, app.version):
+            self.store.set_distribution(app.name, app.version, d["server"], "deleted",
+                                        "policy changed")
+        self.store.set_version(app.name, app.version, state="planned", detail=None)
 
     def app_plan(self, app: str, version: str) -> AppPlan:
         row = self.store.version(app, version)
@@ -119,6 +195,9 @@ class DeploymentCenter:
         """Capture the version once and put its appshot on every server that needs it."""
         name = appshot_name(app.name, app.version)
         row = self.store.version(app.name, app.version)
+        if row is not None and row["state"] == "stale":  # made from an earlier plan
+            await self.forget(app)
+            row = self.store.version(app.name, app.version)
         targets = self.servers_of(app.name)
         done = {d["server"] for d in self.store.distributions(app.name, app.version)
                 if d["state"] == "verified"}
@@ -304,8 +383,10 @@ class DeploymentCenter:
             self.store.put_app(app.name, app.owner, app.vendor)
             if not self.store.put_version(app.name, app.version, app.model_dump_json()):
                 row = self.store.version(app.name, app.version)
-                if row and row["state"] != "distributed":
-                    self.store.set_version(app.name, app.version, plan=app.model_dump_json())
+                if row and row["state"] != "distributed" \
+                        and json.loads(row["plan"]) != json.loads(app.model_dump_json()):
+                    self.store.set_version(app.name, app.version, plan=app.model_dump_json(),
+                                           state="stale", detail="plan changed")
             await self.prepare(app, source_dir)
             cur = self.store.app(app.name) or {}
             primary = cur.get("primary_version")

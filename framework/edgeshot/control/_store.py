@@ -359,6 +359,11 @@ class Store:
                               json.dumps(data) if data is not None else None))
             return int(cur.lastrowid or 0)
 
+    def last_event_id(self) -> int:
+        """The id of the newest event (0: none yet): where a new run's events begin."""
+        rows = self.query("SELECT COALESCE(MAX(id), 0) AS id FROM events")
+        return int(rows[0]["id"])
+
     def events(self, after: int = 0, limit: int = 100, app: str | None = None) -> list[dict[str, Any]]:
         if app is None:
             rows = self.query("SELECT * FROM events WHERE id > ? ORDER BY id LIMIT ?",

@@ -13,7 +13,14 @@ from typing import Any
 
 import aiohttp
 
-__all__ = ["ControllerClient", "ControllerError"]
+__all__ = ["ControllerClient", "ControllerError", "start_failures"]
+
+
+def start_failures(status: dict[str, Any]) -> list[str]:
+    """Why apps failed to start in the controller's current run (from ``status()``; an
+    earlier run's failures are history, not news)."""
+    return [a["start"]["message"] for a in status.get("apps", ())
+            if (a.get("start") or {}).get("state") == "failed"]
 
 
 class ControllerError(Exception):

@@ -35,7 +35,7 @@ from edgeshot.spec import Spec, load
 
 from ._config import CanarySection
 from ._localnet import LocalNetwork, NetworkError
-from .client import ControllerClient, ControllerError
+from .client import ControllerClient, ControllerError, start_failures
 
 BROKEN_WEB = '''"""The shop's web tier with the bug this demo's canary ships.
 
@@ -336,16 +336,15 @@ async def _run(opts: DemoOptions, console: Console) -> DemoResult:
                         break
                     if st["dispatcher"]["note"] and not st["dispatcher"]["running"]:
                         raise NetworkError(f"global dispatcher: {st['dispatcher']['note']}")
-                    failed = [e for e in await ctl.events(limit=500) if e["kind"] == "start-failed"]
-                    if failed:
-                        raise NetworkError(failed[-1]["message"])
+                    if failed := start_failures(st):
+                        raise NetworkError("; ".join(failed))
                     await asyncio.sleep(0.5)
                 else:
                     log = (state / "logs" / "controller.log").read_text(errors="replace")
                     raise NetworkError("the apps did not start within 180 s: "
                                        f"{[a for a in st['apps']]}\n{log[-2000:]}")
-            for e in await ctl.events(limit=500):
-                if e["kind"] in ("captured", "distributed"):
+            for e in await ctl.events(after=st.get("events_from", 0), limit=500):
+                if e["kind"] in ("start", "captured", "distributed"):
                     console.print(escape(f"  {e['kind']}: {e['message']}"), highlight=False)
             paths = _paths(spec, app.name)
             load_proc = LoadProcess(state, net.manifest.entry_url or "",

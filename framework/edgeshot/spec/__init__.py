@@ -17,6 +17,7 @@ from pydantic import Field
 from ._base import Origin, SpecModel
 from ._catalog import CATALOGS, HOURS_PER_MONTH, REGIONS, SECONDS_PER_MONTH, RegionInfo, ServerType
 from ._checks import EdgepointIndex, region_info, region_names, select_edgepoints
+from ._command import CommandError, command_problems, expand_command, tier_environment
 from ._cost import instance_month, money, round_money
 from ._load import Problem, SpecError, load_declaration
 from ._models import (
@@ -114,6 +115,7 @@ __all__ = [
     "Route",
     "Routing",
     "ServerType",
+    "CommandError",
     "Source",
     "Spec",
     "SpecError",
@@ -121,6 +123,8 @@ __all__ = [
     "Tier",
     "WarmupRequest",
     "WeightedPath",
+    "command_problems",
+    "expand_command",
     "instance_month",
     "load",
     "money",
@@ -128,4 +132,5 @@ __all__ = [
     "round_money",
     "region_names",
     "select_edgepoints",
+    "tier_environment",
 ]

@@ -13,6 +13,7 @@ from typing import Any, get_args, get_origin
 
 from ._base import SpecModel, subtree_valid
 from ._catalog import CATALOGS, REGIONS, RegionInfo
+from ._command import command_problems
 from ._cost import instance_month, money
 from ._models import Application, EdgeNetwork, Edgepoint
 from ._routes import is_glob, methods_meet, patterns_meet, specificity
@@ -87,6 +88,8 @@ def check(network: EdgeNetwork | None, apps: list[Application]) -> list[Finding]
     named = [a for a in apps if _ok(a, "name", "routing", "owner")]
     findings += _unique_apps(named)
     for app in apps:
+        if _ok(app, "tiers"):
+            findings += _commands(app)
         if _ok(app, "cleave"):
             findings += _cleave(app, net)
         if _ok(app, "sla", "distribution", "load_test"):
@@ -270,6 +273,14 @@ def _cleave(app: Application, net: EdgeNetwork | None) -> Iterator[Finding]:
             None,
             "origin routes need an origin: set cleave.origin_url or the network's origin",
         )
+
+
+def _commands(app: Application) -> Iterator[Finding]:
+    """Variables in tier commands: only what the agent will expand (spec/_command.py)."""
+    for tier in app.tiers:
+        names = {*tier.env, "PORT"}
+        for i, message in command_problems(tier.command, names, tier.secrets):
+            yield Finding(tier, f"command[{i}]", tier.command[i], message)
 
 
 def _sla(app: Application) -> Iterator[Finding]:
