@@ -54,6 +54,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .._config_file import toml_text
 from ._sys import write_private
 
 log = logging.getLogger("edgeshot.auth")
@@ -302,19 +303,11 @@ def read_token_file(path: str | os.PathLike[str]) -> tuple[list[TokenRecord], tu
     return records, (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-def _toml_str(s: str) -> str:
-    return json.dumps(s, ensure_ascii=True)  # a JSON string is a valid TOML basic string
-
-
 def render_token_file(records: Iterable[TokenRecord]) -> str:
-    lines = ["# edgeshot tokens: SHA-256 hashes only (see edgeshot.agent.auth)", ""]
-    for r in records:
-        lines += ["[[token]]", f"name = {_toml_str(r.name)}", f"sha256 = {_toml_str(r.sha256)}",
-                  "scopes = [" + ", ".join(_toml_str(s) for s in r.scopes) + "]"]
-        if r.created:
-            lines.append(f"created = {r.created.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}")
-        lines.append("")
-    return "\n".join(lines)
+    tokens = [{**r.model_dump(exclude_none=True),
+               **({"created": r.created.astimezone(UTC)} if r.created else {})} for r in records]
+    return toml_text({"token": tokens},
+                     header="edgeshot tokens: SHA-256 hashes only (see edgeshot.agent.auth)")
 
 
 def issue_token(tokens_file: str | os.PathLike[str], name: str, scopes: Iterable[str], *,

@@ -59,7 +59,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .. import __version__
-from .._config_file import ConfigError, load_config
+from .._config_file import ConfigError, load_config, toml_text
 from . import auth
 from ._core import Agent, ApiError, check_name
 from .auth import CONTROLLER_AGENT, EDGE_AGENT, OPERATOR, requires
@@ -133,11 +133,7 @@ class AgentConfig(BaseModel):
 
     def render(self) -> str:
         """This configuration as TOML (for templates and tests)."""
-        out = []
-        for k, v in self.model_dump(mode="json", exclude_none=True).items():
-            out.append(f"{k} = {json.dumps(v)}" if not isinstance(v, bool)
-                       else f"{k} = {'true' if v else 'false'}")
-        return "\n".join(out) + "\n"
+        return toml_text(self.model_dump(mode="json", exclude_none=True))
 
 
 # ---------------------------------------------------------------- HTTP helpers

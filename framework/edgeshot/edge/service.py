@@ -64,7 +64,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import __version__
-from .._config_file import ConfigError, load_config
+from .._config_file import ConfigError, load_config, toml_text
 from ..agent import auth
 from ..agent.auth import CONTROLLER_EDGE, OPERATOR, requires
 from ..agent.client import AgentClient, AgentError
@@ -167,16 +167,7 @@ class EdgeConfig(BaseModel):
 
     def render(self) -> str:
         """This configuration as TOML (for tests and templates)."""
-        out, agents = [], []
-        for k, v in self.model_dump(mode="json", exclude_none=True).items():
-            if k == "agents":
-                agents = v
-                continue
-            out.append(f"{k} = {'true' if v is True else 'false' if v is False else json.dumps(v)}")
-        for a in agents:
-            out += ["", "[[agents]]", f"name = {json.dumps(a['name'])}",
-                    f"url = {json.dumps(a['url'])}"]
-        return "\n".join(out) + "\n"
+        return toml_text(self.model_dump(mode="json", exclude_none=True))
 
 
 # -- the process's picture of its edgepoint --------------------------------------------------
