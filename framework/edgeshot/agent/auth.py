@@ -16,6 +16,8 @@ Scopes (DESIGN.md, "Tokens"):
 ``operator``          the whole network (NOC)
 ``owner:<id>``        one application provider: its own apps only
 ``vendor:<name>``     one ISV: usage of its applications across owners
+``metrics``           read-only: ``/metrics`` of every service, nothing else
+                      (what a Prometheus server scrapes with)
 ====================  =====================================================
 
 Token file (TOML, hashes only; group/others must not be able to write it)::
@@ -64,9 +66,10 @@ CONTROLLER_EDGE = "controller-edge"
 EDGE_AGENT = "edge-agent"
 CONTROLLER_AGENT = "controller-agent"
 OPERATOR = "operator"
-FIXED_SCOPES = frozenset({CONTROLLER_EDGE, EDGE_AGENT, CONTROLLER_AGENT, OPERATOR})
+METRICS = "metrics"  # read-only: /metrics, nothing else
+FIXED_SCOPES = frozenset({CONTROLLER_EDGE, EDGE_AGENT, CONTROLLER_AGENT, OPERATOR, METRICS})
 _ID = r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}"
-SCOPE_RE = re.compile(rf"^(?:controller-edge|edge-agent|controller-agent|operator|"
+SCOPE_RE = re.compile(rf"^(?:controller-edge|edge-agent|controller-agent|operator|metrics|"
                       rf"owner:{_ID}|vendor:{_ID})$")
 _PATTERN_RE = re.compile(rf"^(?:owner|vendor):(?:\*|{_ID})$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from edgeshot.agent import appshots as A
 
-from ._common import fail
+from ._common import FormatOpt, OutputFormat, fail, print_json
 
 app = typer.Typer(help="Appshots: frozen running apps, restored in milliseconds.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -130,9 +130,21 @@ def stop(
 def list_(
     appshots: Annotated[Path | None, typer.Option(help="directory holding appshots")] = None,
     state_dir: StateOpt = A.DEFAULT_STATE,
+    fmt: FormatOpt = OutputFormat.text,
 ) -> None:
     """Running instances, and the appshots/snapshots kept here."""
     host = _host(state_dir)
+    if fmt is OutputFormat.json:
+        print_json({
+            "instances": [{"id": i.id, "app": i.app, "version": i.version, "origin": i.origin,
+                           "url": i.url, "slot": i.slot, "ready_ms": i.ready_ms}
+                          for i in A.list_instances(host)],
+            "appshots": [{"path": str(path), "kind": m.kind, "app": m.app, "version": m.version,
+                          "owner": m.owner, "created": m.created.isoformat(timespec="seconds"),
+                          "signer": m.signer}
+                         for root in [p for p in (appshots, state_dir / "snapshots") if p]
+                         for path, m in A.list_appshots(root)]})
+        return
     t = Table("instance", "app", "version", "origin", "address", "slot", "ready ms")
     for i in A.list_instances(host):
         t.add_row(i.id, i.app, i.version, i.origin, i.url, i.slot or "-",

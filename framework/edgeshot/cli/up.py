@@ -76,6 +76,12 @@ def pulumi_path(env: dict[str, str] | None = None, home: Path | None = None) -> 
     return candidate if candidate.is_file() and os.access(candidate, os.X_OK) else None
 
 
+def pulumi_color(console: Console) -> str:
+    """Pulumi's --color: colours only on a terminal, and never under NO_COLOR (rich reads
+    NO_COLOR into `no_color`; Pulumi's output passes through this process)."""
+    return "always" if console.is_terminal and not console.no_color else "never"
+
+
 def default_ssh_key(home: Path) -> Path | None:
     return next((home / ".ssh" / k for k in SSH_KEYS if (home / ".ssh" / k).is_file()), None)
 
@@ -307,7 +313,7 @@ def cloud_up(
     pack = policy_pack or Path(__file__).resolve().parents[3] / "stacks" / "policy"
     if (pack / "PulumiPolicy.yaml").is_file():
         packs.append(str(pack))
-    color = "always" if out.is_terminal else "never"
+    color = pulumi_color(out)
     try:
         st.preview(on_output=print, policy_packs=packs or None, color=color)
         if preview:
@@ -354,7 +360,7 @@ def cloud_destroy(
         raise typer.Exit(1)
     from pulumi import automation as auto
     try:
-        st.destroy(on_output=print, color="always" if out.is_terminal else "never")
+        st.destroy(on_output=print, color=pulumi_color(out))
     except auto.CommandError as exc:
         err.print(f"[bold red]pulumi failed:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(1) from None

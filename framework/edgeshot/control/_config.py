@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .._config_file import ConfigError, load_config, toml_text  # noqa: F401 (ConfigError: re-exported)
+from .._logging import LogFormat
 from ._metering import MeteringSection
 
 
@@ -63,6 +64,7 @@ class ControllerConfig(_Section):
     canary: CanarySection = CanarySection()
     metering: MeteringSection = MeteringSection()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: LogFormat = Field("text", description="text, or json: one object a line")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ControllerConfig:
