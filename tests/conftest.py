@@ -30,8 +30,10 @@ def unavailable(item: pytest.Item) -> str | None:
                     "(scripts/setup.d/50-chromium.sh installs them, as root)")
         if importlib.util.find_spec("selenium") is None:
             return "needs selenium (the dev extra: pip install -e '.[dev]')"
-    if item.get_closest_marker("promtool") and not shutil.which("promtool"):
-        return ("needs promtool (Debian's prometheus package: scripts/setup.d/60-prometheus.sh "
+    if item.get_closest_marker("promtool") and not (shutil.which("promtool")
+                                                     and shutil.which("prometheus")):
+        return ("needs promtool and prometheus (Debian's prometheus package: "
+                "scripts/setup.d/60-prometheus.sh "
                 "installs it, as root)")
     if item.get_closest_marker("criu"):
         from edgeshot.agent import _criu
