@@ -69,7 +69,7 @@ def token(
     if out is None:
         print(text)
     else:
-        err.print(f"token {name!r} written to {out}")
+        err.print(f"token {name!r} written to {out}", soft_wrap=True, markup=False)
 
 
 if __name__ == "__main__":  # python -m edgeshot.cli.agent --config FILE (tests, debugging)

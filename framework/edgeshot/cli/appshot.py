@@ -34,7 +34,8 @@ def _host(state_dir: Path) -> A.Host:
 def _cold_note() -> None:
     st = A.criu_status()
     if not st.usable:
-        err.print(f"[yellow]CRIU unavailable, instances cold-start:[/] {escape(st.reason)}")
+        err.print(f"[yellow]CRIU unavailable, instances cold-start:[/] {escape(st.reason)}",
+                  soft_wrap=True)
 
 
 def _spec(policy: Path, app_name: str | None, reseed: str | None) -> A.PodSpec:

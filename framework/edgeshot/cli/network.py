@@ -157,7 +157,7 @@ def down(state: StateOpt = None) -> None:
     with out.status(f"stopping network {net.manifest.network}…"):
         cleaned = net.stop()
     for item in cleaned:
-        err.print(f"  cleaned up after the fact: {escape(item)}", highlight=False)
+        err.print(f"  cleaned up after the fact: {escape(item)}", highlight=False, soft_wrap=True)
     left = net.leftovers()
     if left:
         raise fail("left behind: " + ", ".join(left))

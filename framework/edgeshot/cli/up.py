@@ -188,7 +188,7 @@ def stack_settings(plan: Plan, policy_file: Path, existing: dict[str, Any], owne
 def _fail(problems: list[str]) -> typer.Exit:
     n = len(problems)
     err.print(f"[bold red]edgeshot up cannot start[/] ({n} problem{'s' if n != 1 else ''}):",
-              highlight=False)
+              highlight=False, soft_wrap=True)
     for p in problems:
         err.print(f"  - {escape(p)}", highlight=False, soft_wrap=True)
     return typer.Exit(1)
@@ -322,7 +322,8 @@ def cloud_up(
             raise typer.Exit(1)
         st.up(on_output=print, policy_packs=packs or None, show_secrets=False, color=color)
     except auto.CommandError as exc:
-        err.print(f"[bold red]pulumi failed:[/] {escape(str(exc))}", highlight=False)
+        err.print(f"[bold red]pulumi failed:[/] {escape(str(exc))}",
+                  highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     outputs = st.outputs()
     inventory = outputs["inventory"].value
@@ -336,7 +337,7 @@ def cloud_up(
                 if isinstance(exc, ImportError) else "")
         err.print(f"[bold red]configuring the servers failed:[/] {escape(str(exc) + hint)}; "
                   "the servers are up: run `edgeshot up` again to configure them",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     out.print(verdict_line(plan.network, verdict), highlight=False)
     if verdict.exit_code:
@@ -362,7 +363,8 @@ def cloud_destroy(
     try:
         st.destroy(on_output=print, color=pulumi_color(out))
     except auto.CommandError as exc:
-        err.print(f"[bold red]pulumi failed:[/] {escape(str(exc))}", highlight=False)
+        err.print(f"[bold red]pulumi failed:[/] {escape(str(exc))}",
+                  highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
 
