@@ -66,10 +66,16 @@ def capture(
 ) -> None:
     """Start the app fresh, warm it up, and dump it into a signed appshot."""
     spec = _spec(policy, app_name, reseed_signal)
-    try:
-        res = A.capture(spec, out_dir, _host(state_dir), tarball=tarball)
-    except A.NotRestorable as exc:
-        raise fail("; ".join(exc.reasons)) from None
+    # progress on stderr: a status line on a terminal, one line a step otherwise
+    with err.status(f"capturing {spec.app} {spec.version}…") as status:
+        def step(text: str) -> None:
+            status.update(escape(f"capturing {spec.app} {spec.version}: {text}…"))
+            if not err.is_terminal:
+                err.print(escape(f"  {text}"), highlight=False, soft_wrap=True)
+        try:
+            res = A.capture(spec, out_dir, _host(state_dir), tarball=tarball, progress=step)
+        except A.NotRestorable as exc:
+            raise fail("; ".join(exc.reasons)) from None
     m = res.manifest
     out.print(f"captured {m.app} {m.version} into {res.path} ({len(m.files)} files, signer "
               f"{m.signer}): cold start {res.cold_start_ms:.0f} ms, {res.warmup_requests} "
