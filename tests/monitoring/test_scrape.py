@@ -238,3 +238,23 @@ def test_every_service_logs_json_lines(net: LocalNetwork) -> None:
                 assert doc["service"] == proc.kind
                 seen[proc.kind] = seen.get(proc.kind, 0) + 1
     assert set(seen) == {"agent", "edge", "controller"}, seen
+
+
+def test_status_and_deploy_print_json_for_scripts(net: LocalNetwork) -> None:
+    """On the same network: `status` and `deploy` with --format json (progress on stderr,
+    one document on stdout); the deploy follows the capture and the uploads as they happen."""
+    runner = CliRunner()
+    state = str(net.state_dir)
+    res = runner.invoke(app, ["status", "--state", state, "--format", "json"])
+    assert res.exit_code == 0, res.output
+    st = json.loads(res.stdout)
+    assert st["network"] == net.plan().network and [a["name"] for a in st["apps"]] == ["hello"]
+    res = runner.invoke(app, ["deploy", net.manifest.policy, "--version", "2.0", "--canary",
+                              "50%", "--no-wait", "--state", state, "--format", "json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["app"] == "hello" and doc["deployment"]["to_version"] == "2.0"
+    assert doc["deployment"]["kind"] == "canary"
+    kinds = [e["kind"] for e in doc["events"]]
+    assert "distributed" in kinds, kinds  # the capture and uploads, followed while running
+    assert all(e["app"] == "hello" for e in doc["events"])
