@@ -173,8 +173,11 @@ def push(
     from edgeshot.configure.remote import parse_install_output
     fleet = _fleet(inventory, key, user, known_hosts)
     _targets(fleet, on)
+    size = tarball.stat().st_size
     try:
-        results = fleet.push_appshot(tarball, name, on)
+        with err.status(f"copying {escape(tarball.name)} ({size / 2**20:.1f} MiB) to the agents "
+                        f"of {escape(on)} over SFTP, then verifying it there…"):
+            results = fleet.push_appshot(tarball, name, on)
     except ValueError as exc:
         raise fail(str(exc)) from None
     table = Table(title=f"appshot {escape(name)}", title_justify="left")
