@@ -41,7 +41,7 @@ SUFFIXES = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", 
                                                              "_created"),
             "summary": ("_sum", "_count", "_created"), "info": ("_info",), "gauge": ("",),
             "unknown": ("",)}
-NAME = re.compile(r"\b(edgeshot_[a-z0-9_]+)")
+NAME = re.compile(r"\b((?:edgeshot|haproxy)_[a-z0-9_]+)")
 TEXT_LOG = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ (DEBUG|INFO|WARNING|ERROR) ")
 
 

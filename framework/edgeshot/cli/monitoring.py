@@ -27,7 +27,8 @@ def monitoring(
         file_okay=False)] = None,
     token_file: Annotated[str | None, typer.Option(
         "--token-file", help="Where Prometheus reads a token of the `metrics` scope "
-        "(default /etc/prometheus/edgeshot-<network>.token).")] = None,
+        "(default: a running local network's, else /etc/prometheus/edgeshot-<network>.token)."
+    )] = None,
     ca_file: Annotated[str | None, typer.Option(
         "--ca-file", help="The network's CA as Prometheus sees it: scrape over HTTPS, "
         "verifying each service's certificate.")] = None,
@@ -56,8 +57,11 @@ def monitoring(
         if inv.network != plan.network:
             raise InventoryError(f"{inventory}: the inventory of network {inv.network}, "
                                  f"not {plan.network}")
+        local = Path(".state") / plan.network / "secrets" / "metrics.token"
+        default_token = (str(local.resolve()) if plan.provider == "local" and local.is_file()
+                         else f"/etc/prometheus/edgeshot-{plan.network}.token")
         settings = ScrapeSettings(
-            token_file=token_file or f"/etc/prometheus/edgeshot-{plan.network}.token",
+            token_file=token_file or default_token,
             ca_file=ca_file, private=private, interval_s=interval)
         files = monitoring_files(inv, settings, prometheus_url=prometheus_url,
                                  grafana_dashboards_dir=dashboards_dir)

@@ -265,9 +265,13 @@ def deploy(
         raise fail("give --version (or a policy file)")
     if stage:
         from edgeshot.control._staging import stage_command
-        raise typer.Exit(stage_command(client, name, version=version, plan=plan_json,
-                                       source_dir=source, load_test=load_test, wait=wait,
-                                       out=out))
+        code = stage_command(client, name, version=version, plan=plan_json, source_dir=source,
+                             load_test=load_test, wait=wait,
+                             out=out if fmt is OutputFormat.text else err)
+        if fmt is OutputFormat.json:
+            print_json({"app": name, "version": version, "stage": True, "exit_code": code,
+                        "passed": code == 0})
+        raise typer.Exit(code)
 
     from edgeshot.control.client import ControllerError
 

@@ -241,6 +241,13 @@ def dashboards(network: str) -> dict[str, dict[str, Any]]:
         _panel(8, "Scaling decision time, p99", {"decision":
                "histogram_quantile(0.99, sum by (le) "
                f"(rate(edgeshot_edge_decision_seconds_bucket{{{ep}}}[5m])))"}, 12, 24, unit="s"),
+        # the data path: HAProxy's own exporter, served on the edge's /metrics
+        _panel(9, "Requests per second (HAProxy)", {"{{proxy}}":
+               f"sum by (proxy) (rate(haproxy_backend_http_requests_total{{{ep}}}[5m]))"},
+               0, 32, unit="reqps"),
+        _panel(10, "5xx responses per second (HAProxy)", {"{{proxy}}":
+               "sum by (proxy) (rate(haproxy_backend_http_responses_total"
+               f'{{{ep}, code="5xx"}}[5m]))'}, 12, 32, unit="reqps"),
     ]
     app_panels = [
         _panel(1, "Response time against the SLA", {
