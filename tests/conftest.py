@@ -1,6 +1,6 @@
 """Test policy for the whole suite, written once.
 
-Tests marked ``root``, ``criu``, ``haproxy`` or ``browser`` skip, with the reason, on a machine where they
+Tests marked ``root``, ``criu``, ``haproxy``, ``browser`` or ``promtool`` skip, with the reason, on a machine where they
 cannot run (not root, no working CRIU) — except under CI=true, where such a test
 *fails*: CI runs as root and must exercise the real thing.
 """
@@ -30,6 +30,11 @@ def unavailable(item: pytest.Item) -> str | None:
                     "(scripts/setup.d/50-chromium.sh installs them, as root)")
         if importlib.util.find_spec("selenium") is None:
             return "needs selenium (the dev extra: pip install -e '.[dev]')"
+    if item.get_closest_marker("promtool") and not (shutil.which("promtool")
+                                                     and shutil.which("prometheus")):
+        return ("needs promtool and prometheus (Debian's prometheus package: "
+                "scripts/setup.d/60-prometheus.sh "
+                "installs it, as root)")
     if item.get_closest_marker("criu"):
         from edgeshot.agent import _criu
         st = _criu.status()
@@ -41,6 +46,8 @@ def unavailable(item: pytest.Item) -> str | None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "browser: needs a headless Chromium (and selenium); must run under CI=true")
+    config.addinivalue_line(
+        "markers", "promtool: needs Prometheus's promtool; must run under CI=true")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

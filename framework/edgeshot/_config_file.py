@@ -6,13 +6,15 @@ a validation problem the key path too, without a traceback.
 
 from __future__ import annotations
 
-import json
 import os
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from datetime import date, datetime, time
+from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
 
+import tomli_w
 from pydantic import BaseModel, ValidationError
 
 __all__ = ["ConfigError", "load_config", "toml_text"]
@@ -54,16 +56,27 @@ def load_config(model: type[M], path: str | os.PathLike[str], *, table: str | No
         raise ConfigError("\n".join(lines)) from None
 
 
-def toml_text(data: dict[str, Any]) -> str:
-    """Flat ``key = value`` lines (None: left out) of a configuration file to write."""
-    lines = []
-    for k, v in data.items():
-        if v is None:
-            continue
-        if isinstance(v, bool):
-            lines.append(f"{k} = {'true' if v else 'false'}")
-        elif isinstance(v, int | float):
-            lines.append(f"{k} = {v!r}")
-        else:
-            lines.append(f"{k} = {json.dumps(str(v))}")
-    return "\n".join(lines) + "\n"
+def toml_text(data: Mapping[str, Any], header: str | None = None) -> str:
+    """A configuration (or token) file's TOML text, written by tomli-w: every string is
+    escaped as TOML wants it (a newline in a value stays valid TOML). None is left out
+    (TOML has no null); paths, decimals, networks and enums are written as text; tuples
+    as arrays; datetimes as TOML datetimes. ``header``: comment lines put first."""
+    text = tomli_w.dumps(_plain(data))
+    if header:
+        text = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines()) + \
+            "\n" + text
+    return text
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="python")
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [_plain(v) for v in value if v is not None]
+    if isinstance(value, Enum):
+        return _plain(value.value)
+    if isinstance(value, bool | int | float | str | datetime | date | time):
+        return value
+    return str(value)  # Path, Decimal, IPv4Network, ...

@@ -19,10 +19,14 @@ from edgeshot.agent._sys import http_request
 pytestmark = [pytest.mark.root, pytest.mark.criu]
 
 
+CAPTURE_STEPS: list[str] = []
+
+
 @pytest.fixture(scope="module")
 def hello_shot(host, tmp_path_factory):
     dest = tmp_path_factory.mktemp("shots") / "hello-1.0"
-    res = A.capture(hello_spec(), dest, host, tarball=dest.with_suffix(".tar.gz"))
+    res = A.capture(hello_spec(), dest, host, tarball=dest.with_suffix(".tar.gz"),
+                    progress=CAPTURE_STEPS.append)  # what a user watching is told
     return res
 
 
@@ -45,6 +49,9 @@ def test_capture_writes_a_signed_private_appshot(hello_shot, host):
     for f in hello_shot.path.rglob("*"):
         assert f.stat().st_mode & 0o077 == 0, f
     assert hello_shot.warmup_requests == 3
+    assert [s.split(" ")[0] for s in CAPTURE_STEPS] == [
+        "starting", "warming", "dumping", "copying", "recording", "signing", "packing"]
+    assert "warming up (3 request(s))" in CAPTURE_STEPS
     assert A.verify(hello_shot.path, host.trust()) == m
     # env (secrets) never in the readable-by-design manifest nor restore.json
     assert "env" not in (hello_shot.path / "manifest.json").read_text()
@@ -328,3 +335,17 @@ def test_a_command_using_port_is_captured_and_restored(host, tmp_path, cleanup):
     cleanup.append(inst)
     assert (inst.port, _get(inst)) == (8123, (200, b"static over $PORT\n"))
     A.stop(inst, host)
+
+
+def test_appshot_list_prints_json_for_scripts(hello_shot, host):
+    from typer.testing import CliRunner
+
+    from edgeshot.cli import app
+    res = CliRunner().invoke(app, ["appshot", "list", "--appshots", str(hello_shot.path.parent),
+                                   "--state-dir", str(host.state_dir), "--format", "json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    shots = [s for s in doc["appshots"] if s["path"] == str(hello_shot.path)]
+    assert [(s["kind"], s["app"], s["version"], s["owner"]) for s in shots] == [
+        ("appshot", "hello", "1.0", "acme")]
+    assert isinstance(doc["instances"], list)

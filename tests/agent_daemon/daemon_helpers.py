@@ -56,6 +56,7 @@ class Tokens:
     op: str
     owner: str
     vendor: str
+    metrics: str
 
     @classmethod
     def make(cls, d: Path) -> Tokens:
@@ -66,10 +67,11 @@ class Tokens:
             edge=auth.issue_token(f, "edge-ep1", [auth.EDGE_AGENT]),
             op=auth.issue_token(f, "noc", [auth.OPERATOR]),
             owner=auth.issue_token(f, "owner-acme", ["owner:acme"]),
-            vendor=auth.issue_token(f, "isv-acme", ["vendor:acme-isv"]))
+            vendor=auth.issue_token(f, "isv-acme", ["vendor:acme-isv"]),
+            metrics=auth.issue_token(f, "prometheus", [auth.METRICS]))
 
     def all(self) -> list[str]:
-        return [self.ctl, self.edge, self.op, self.owner, self.vendor]
+        return [self.ctl, self.edge, self.op, self.owner, self.vendor, self.metrics]
 
 
 def free_port() -> int:

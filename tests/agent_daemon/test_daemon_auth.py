@@ -116,7 +116,8 @@ def _concrete(path: str) -> str:
 
 def test_every_endpoint_needs_a_token_and_its_scope(daemon: AgentProcess):
     t = daemon.tokens
-    by_name = {"controller-agent": t.ctl, "edge-agent": t.edge, "operator": t.op}
+    by_name = {"controller-agent": t.ctl, "edge-agent": t.edge, "operator": t.op,
+               "metrics": t.metrics}  # metrics: /metrics only, read-only
     for method, path, name in ROUTES:
         url = _concrete(path)
         scopes = getattr(getattr(AgentServer, name), auth.SCOPES_ATTR)

@@ -148,7 +148,7 @@ def test_bill_is_exactly_what_the_sources_produced_through_kills_of_every_party(
     for source in produced:
         assert f'edgeshot_controller_usage_records_total{{edgepoint="{source.split(":")[1]}",' \
                f'kind="{source.split(":")[0]}",source="{source}"}}' in text
-    assert 'edgeshot_controller_spend_eur{owner="acme"}' in text
+    assert 'edgeshot_controller_spend{currency="EUR",owner="acme"}' in text
     assert "edgeshot_controller_usage_lag_records" in text
     budgets = get_json(url + "/v1/budgets", op)["budgets"]
     assert [b["app"] for b in budgets] == ["hello"] and budgets[0]["state"] == "ok"

@@ -9,6 +9,7 @@ import pytest
 from edgeshot.agent import auth
 from edgeshot.control._localnet import LocalNetwork, Manifest, NetworkError, as_local
 from edgeshot.control.server import ControllerConfig
+from edgeshot.edge.service import EdgeConfig
 from edgeshot.spec import load
 
 from .netfix import REPO
@@ -61,8 +62,10 @@ def test_files_tokens_and_configurations(tmp_path):
     assert len({a["slot_subnet"] for a in m.agents.values()}) == len(m.agents)
     # edges: on their edgepoint's address, with their agents
     for ep, e in m.edges.items():
-        text = open(e["config"]).read()
-        assert f'edgepoint = "{ep}"' in text and "[[agents]]" in text
+        edge_cfg = EdgeConfig.load(e["config"])
+        assert edge_cfg.edgepoint == ep and edge_cfg.agents
+        assert {a.name for a in edge_cfg.agents} == {
+            s for s, a in m.agents.items() if a["edgepoint"] == ep}
     cfg = ControllerConfig.load(tmp_path / "s" / "controller.toml")
     assert cfg.dispatcher.simulate_latency and set(cfg.edges) == {"eu", "us", "ap"}
     # a second network elsewhere gets other netns prefixes

@@ -406,7 +406,7 @@ RULES: list[tuple[str, dict[str, str], str, str, str]] = [
     (
         "warm pool above max",
         {"sla": "SLA(max_response_ms=200, users_per_instance=10, warm_pool=3)"},
-        _APP_LINE,
+        "sla=",
         "applications[hello].sla.warm_pool",
         "more than distribution.max (2) instances per edgepoint",
     ),
@@ -545,14 +545,14 @@ RULES: list[tuple[str, dict[str, str], str, str, str]] = [
     (
         "currency mismatch",
         {"budget": 'Budget(monthly="50 USD")'},
-        _APP_LINE,
+        "budget=",
         "applications[hello].budget.monthly",
         "the network prices in EUR; write the budget in EUR",
     ),
     (
         "budget below the minimum",
         {"distribution": "Distribution(min=2, max=2)", "budget": 'Budget(monthly="1 EUR")'},
-        _APP_LINE,
+        "budget=",
         "applications[hello].budget.monthly",
         "cannot pay for the minimum: 2 instance(s) x 1 edgepoint(s) cost at least 5.26 EUR",
     ),
@@ -580,63 +580,63 @@ RULES: list[tuple[str, dict[str, str], str, str, str]] = [
     (
         "origin without an origin",
         {"cleave": 'Cleave(origin=["POST /checkout"])'},
-        _APP_LINE,
+        "cleave=",
         "applications[hello].cleave.origin_url",
         "origin routes need an origin",
     ),
     (
         "default origin without an origin",
         {"cleave": 'Cleave(default="origin")'},
-        _APP_LINE,
+        "cleave=",
         "applications[hello].cleave.origin_url",
         "origin routes need an origin",
     ),
     (
         "overlapping cleave",
         {"cleave": 'Cleave(edge=["/a*"], origin=["/a?"], origin_url="https://o.example")'},
-        _APP_LINE,
+        "cleave=",
         "applications[hello].cleave.origin[0]",
         "overlaps edge/origin route * /a* with equal specificity",
     ),
     (
         "repeated cleave route",
         {"cleave": 'Cleave(edge=["GET /a", "GET /a"])'},
-        _APP_LINE,
+        "cleave=",
         "applications[hello].cleave.edge[1]",
         "route repeated (also in cleave.edge)",
     ),
     (
         "unknown region",
         {"distribution": 'Distribution(regions=["mars"])'},
-        _APP_LINE,
+        "distribution=",
         "applications[hello].distribution.regions[0]",
         "unknown region; allowed: eu-central",
     ),
     (
         "region without edgepoints",
         {"distribution": 'Distribution(regions=["us-east"])'},
-        _APP_LINE,
+        "distribution=",
         "applications[hello].distribution.regions[0]",
         "no edgepoint of the network is in this region",
     ),
     (
         "unknown edgepoint",
         {"distribution": 'Distribution(edgepoints=["ep9"])'},
-        _APP_LINE,
+        "distribution=",
         "applications[hello].distribution.edgepoints[0]",
         "the network has no such edgepoint; allowed: ep1",
     ),
     (
         "global max below the minimum",
         {"distribution": "Distribution(min=2, max=3, global_max=1)"},
-        _APP_LINE,
+        "distribution=",
         "applications[hello].distribution.global_max",
         "less than min (2) x 1 edgepoints = 2",
     ),
     (
         "more than the slots",
         {"distribution": "Distribution(min=9, max=9)", "budget": 'Budget(monthly="1000 EUR")'},
-        _APP_LINE,
+        "distribution=",
         "applications[hello].distribution.min",
         "more instances than the smallest chosen edgepoint has slots (8)",
     ),
@@ -787,7 +787,7 @@ RULES: list[tuple[str, dict[str, str], str, str, str]] = [
     (
         "source missing",
         {"source": 'Source(path="no-such-dir")'},
-        _APP_LINE,
+        "source=",
         "applications[hello].source.path",
         "no such file or directory next to the policy file",
     ),
@@ -799,7 +799,7 @@ RULES: list[tuple[str, dict[str, str], str, str, str]] = [
             'app2 = Application(**{**dict(app), "name": "two", '
             '"routing": Routing(hosts=["two.example.com"]), "load_test": lt})'
         },
-        "app2 = Application(",
+        "lt = LoadTest(",  # where the PassCriteria was written
         "applications[two].load_test.criteria.max_response_ms",
         "looser than the SLA's max_response_ms (200)",
     ),
@@ -812,7 +812,7 @@ RULES: list[tuple[str, dict[str, str], str, str, str]] = [
     ),
     (
         "duplicate app",
-        {"extra": "app2 = Application(**dict(app))"},
+        {"extra": 'app2 = Application(**{**dict(app), "routing": Routing(hosts=["hello.example.com"])})'},
         "app2 = Application(",
         "applications[hello].",
         "",
@@ -1248,3 +1248,27 @@ def test_application_lookup(policy) -> None:
     spec = load(policy())
     with pytest.raises(KeyError, match="no application 'nope'; have: hello"):
         spec.application("nope")
+
+
+def test_a_half_built_edgepoint_still_has_its_location_checked(policy) -> None:
+    """A field error in one edgepoint hides none of its other fields' problems."""
+    file = policy(**{**HETZNER, "edgepoints": '[Edgepoint(name="fsn", region="eu-central", '
+                     'location="fsn9", server_type="cx22", servers=0)]'})
+    with pytest.raises(SpecError) as caught:
+        load(file)
+    found = sorted((p.path, p.message.split(";")[0]) for p in caught.value.problems)
+    assert found == [("network.edgepoints[0].location", "not a hetzner location"),
+                     ("network.edgepoints[0].servers", "Input should be greater than or equal to 1")]
+
+
+def test_a_wrong_peak_window_hides_neither_the_locations_nor_the_apps_findings(policy) -> None:
+    file = policy(**{**HETZNER,
+                     "controller": 'Controller(location="nbg2", server_type="cx22")',
+                     "pricing": 'Pricing(cpu_second="0", memory_gb_second="0", network_gb="0", '
+                     'peak=PeakWindow(start="09:00", end="17:00", multiplier="0.5"))',
+                     "distribution": 'Distribution(regions=["mars"])'})
+    with pytest.raises(SpecError) as caught:
+        load(file)
+    paths = sorted(p.path for p in caught.value.problems)
+    assert paths == ["applications[hello].distribution.regions[0]",
+                     "network.controller.location", "network.pricing.peak.multiplier"]

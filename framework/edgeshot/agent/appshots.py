@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
@@ -108,12 +109,15 @@ def start(spec: PodSpec, host: Host = Host()) -> Instance:
 
 def capture(spec: PodSpec, dest: Path, host: Host = Host(), *,
             key: _package.Ed25519PrivateKey | None = None, include_source: bool = True,
-            tarball: Path | None = None, working_set: bool = True) -> CaptureResult:
+            tarball: Path | None = None, working_set: bool = True,
+            progress: Callable[[str], None] | None = None) -> CaptureResult:
     """Start ``spec`` fresh, wait for health, warm it up, dump it into a signed appshot at
-    ``dest`` (atomically: ``dest`` appears complete or not at all).
+    ``dest`` (atomically: ``dest`` appears complete or not at all). ``progress(step)`` is
+    told each step as it starts (a capture takes seconds to minutes).
 
     Refuses (NotRestorable) what could not be restored, saying what to change.
     """
+    say = progress or (lambda _step: None)
     st = _criu.status()
     if not st.usable:
         raise NotRestorable([f"CRIU unavailable: {st.reason}"])
@@ -121,18 +125,24 @@ def capture(spec: PodSpec, dest: Path, host: Host = Host(), *,
     if dest.exists():
         raise FileExistsError(f"{dest} exists; appshots are immutable")
     pool = host.pool()
+    say(f"starting {spec.app} {spec.version} and waiting for its health check")
     inst = _pods.start(spec, host.state_dir, pool)
     try:
+        say(f"warming up ({sum(w.count for w in spec.warmup)} request(s))")
         sent = _pods.warm_up(inst, spec.warmup)
         with _package.staging(dest) as stage:
+            say("dumping the running instance (CRIU)")
             meta = _capture.dump(inst, stage)
             if include_source:
+                say("copying the source")
                 meta.source_included = _capture.copy_source(spec.source_dir,
                                                             stage / _capture.SOURCE)
             ws = {}
             if working_set:
+                say("recording the working set (a test restore with the warm-up requests)")
                 _capture.write_json(stage / _capture.RESTORE_META, meta.model_dump(mode="json"))
                 ws = _capture.record_working_set(stage, spec, host.state_dir, pool)
+            say("signing every file")
             manifest = _capture.package(spec, stage, meta, key=key or host.key(),
                                         kind="appshot", working_set=ws)
             _package.publish(stage, dest)
@@ -142,6 +152,7 @@ def capture(spec: PodSpec, dest: Path, host: Host = Host(), *,
         else:
             _pods.release(inst, pool)
     if tarball is not None:
+        say(f"packing {tarball.name}")
         _package.pack(dest, tarball)
     return CaptureResult(path=dest, manifest=manifest, cold_start_ms=inst.ready_ms or 0,
                          dump_ms=meta.dump_ms, warmup_requests=sent)

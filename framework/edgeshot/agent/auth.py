@@ -16,6 +16,8 @@ Scopes (DESIGN.md, "Tokens"):
 ``operator``          the whole network (NOC)
 ``owner:<id>``        one application provider: its own apps only
 ``vendor:<name>``     one ISV: usage of its applications across owners
+``metrics``           read-only: ``/metrics`` of every service, nothing else
+                      (what a Prometheus server scrapes with)
 ====================  =====================================================
 
 Token file (TOML, hashes only; group/others must not be able to write it)::
@@ -54,6 +56,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from .._config_file import toml_text
 from ._sys import write_private
 
 log = logging.getLogger("edgeshot.auth")
@@ -63,9 +66,10 @@ CONTROLLER_EDGE = "controller-edge"
 EDGE_AGENT = "edge-agent"
 CONTROLLER_AGENT = "controller-agent"
 OPERATOR = "operator"
-FIXED_SCOPES = frozenset({CONTROLLER_EDGE, EDGE_AGENT, CONTROLLER_AGENT, OPERATOR})
+METRICS = "metrics"  # read-only: /metrics, nothing else
+FIXED_SCOPES = frozenset({CONTROLLER_EDGE, EDGE_AGENT, CONTROLLER_AGENT, OPERATOR, METRICS})
 _ID = r"[A-Za-z0-9][A-Za-z0-9_.@+-]{0,127}"
-SCOPE_RE = re.compile(rf"^(?:controller-edge|edge-agent|controller-agent|operator|"
+SCOPE_RE = re.compile(rf"^(?:controller-edge|edge-agent|controller-agent|operator|metrics|"
                       rf"owner:{_ID}|vendor:{_ID})$")
 _PATTERN_RE = re.compile(rf"^(?:owner|vendor):(?:\*|{_ID})$")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -302,19 +306,11 @@ def read_token_file(path: str | os.PathLike[str]) -> tuple[list[TokenRecord], tu
     return records, (st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-def _toml_str(s: str) -> str:
-    return json.dumps(s, ensure_ascii=True)  # a JSON string is a valid TOML basic string
-
-
 def render_token_file(records: Iterable[TokenRecord]) -> str:
-    lines = ["# edgeshot tokens: SHA-256 hashes only (see edgeshot.agent.auth)", ""]
-    for r in records:
-        lines += ["[[token]]", f"name = {_toml_str(r.name)}", f"sha256 = {_toml_str(r.sha256)}",
-                  "scopes = [" + ", ".join(_toml_str(s) for s in r.scopes) + "]"]
-        if r.created:
-            lines.append(f"created = {r.created.astimezone(UTC).strftime('%Y-%m-%dT%H:%M:%SZ')}")
-        lines.append("")
-    return "\n".join(lines)
+    tokens = [{**r.model_dump(exclude_none=True),
+               **({"created": r.created.astimezone(UTC)} if r.created else {})} for r in records]
+    return toml_text({"token": tokens},
+                     header="edgeshot tokens: SHA-256 hashes only (see edgeshot.agent.auth)")
 
 
 def issue_token(tokens_file: str | os.PathLike[str], name: str, scopes: Iterable[str], *,

@@ -25,7 +25,7 @@ POST     /v1/instances/{id}/stop             edge, ctl           InstanceInfo (s
 GET      /v1/usage?after=SEQ&limit=N         ctl, op             UsagePage
 GET      /v1/signing-key                     edge, ctl, op       {key_id, pem}
 POST     /v1/trusted-keys                    ctl                 201 {key_id}
-GET      /metrics                            op, ctl             Prometheus text
+GET      /metrics                            op, ctl, metrics    Prometheus text
 =======  ==================================  ==================  =========================
 
 (edge = ``edge-agent``, ctl = ``controller-agent``, op = ``operator``.)
@@ -59,10 +59,11 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .. import __version__
-from .._config_file import ConfigError, load_config
+from .._config_file import ConfigError, load_config, toml_text
+from .._logging import FORMATS, LogFormat, configure_logging
 from . import auth
 from ._core import Agent, ApiError, check_name
-from .auth import CONTROLLER_AGENT, EDGE_AGENT, OPERATOR, requires
+from .auth import CONTROLLER_AGENT, EDGE_AGENT, METRICS, OPERATOR, requires
 from .models import (
     AgentHealth,
     AppshotList,
@@ -118,6 +119,7 @@ class AgentConfig(BaseModel):
     max_upload_bytes: int = Field(64 << 30, gt=0)
     workers: int = Field(16, ge=1, le=256, description="threads for restores, snapshots…")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: LogFormat = Field("text", description="text, or json: one object a line")
     access_log: bool = True
 
     @field_validator("slot_subnet")
@@ -133,11 +135,7 @@ class AgentConfig(BaseModel):
 
     def render(self) -> str:
         """This configuration as TOML (for templates and tests)."""
-        out = []
-        for k, v in self.model_dump(mode="json", exclude_none=True).items():
-            out.append(f"{k} = {json.dumps(v)}" if not isinstance(v, bool)
-                       else f"{k} = {'true' if v else 'false'}")
-        return "\n".join(out) + "\n"
+        return toml_text(self.model_dump(mode="json", exclude_none=True))
 
 
 # ---------------------------------------------------------------- HTTP helpers
@@ -448,7 +446,7 @@ class AgentServer:
         req = await _body(request, TrustedKey)
         return _json({"key_id": await self._run(self.agent.trust_key, req.pem)}, status=201)
 
-    @requires(*AUDIT)
+    @requires(*AUDIT, METRICS)
     async def metrics(self, request: web.Request) -> web.Response:
         from ._metrics import CONTENT_TYPE
         body = await self._run(self.agent.metrics.generate)
@@ -472,16 +470,10 @@ def build_app(cfg: AgentConfig, tokens: auth.TokenStore | None = None) -> web.Ap
     return AgentServer(cfg, tokens).app()
 
 
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("aiohttp.access").setLevel(logging.INFO)
-
-
 def run(cfg: AgentConfig) -> None:
     """Serve until SIGTERM/SIGINT. Instances keep running when the agent stops: the next
     agent process adopts them."""
-    configure_logging(cfg.log_level)
+    configure_logging(cfg.log_level, cfg.log_format, service="agent")
     from ._sys import set_subreaper
     set_subreaper()
     try:
@@ -500,9 +492,13 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     ap = argparse.ArgumentParser(prog="edgeshot agent")
     ap.add_argument("--config", "-c", required=True, type=Path)
+    ap.add_argument("--log-format", choices=FORMATS, help="overrides the file's log_format")
     args = ap.parse_args(argv)
     try:
-        run(AgentConfig.load(args.config))
+        cfg = AgentConfig.load(args.config)
+        if args.log_format:
+            cfg = cfg.model_copy(update={"log_format": args.log_format})
+        run(cfg)
     except (ConfigError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -6,7 +6,9 @@ changes), 1 error, 2 success with changes (for `plan --diff`).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -31,10 +33,12 @@ from edgeshot.plan import (
 from edgeshot.spec import Spec, SpecError, load
 
 from . import appshot, network, remote
-from ._common import err, fail
+from ._common import FormatOpt, OutputFormat, err, fail, load_spec, print_json
 from .agent import agent, token
 from .bill import bill
 from .edge import edge
+from .monitoring import monitoring
+from .up import _state_dir as cloud_state_dir
 from .up import cloud_destroy, cloud_up, print_resources
 
 app = typer.Typer(
@@ -42,7 +46,7 @@ app = typer.Typer(
     help="Infrastructure as code for on-demand application processing at the edge.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, pwsh)
 )
 app.add_typer(appshot.app, name="appshot")
 # Services (what systemd runs on servers; `edgeshot up` runs them here).
@@ -58,6 +62,7 @@ app.command(rich_help_panel="Network")(network.deploy)
 app.command(rich_help_panel="Network")(network.rollback)
 app.command(rich_help_panel="Network")(network.demo)
 app.command(rich_help_panel="Network")(bill)
+app.command(rich_help_panel="Network")(monitoring)
 # Remote control of the servers (Fabric over SSH).
 remote.register(app)
 
@@ -70,19 +75,6 @@ class Format(StrEnum):
     json = "json"
 
 
-def _load(file: Path) -> Spec:
-    """Load a policy file or print every problem (no traceback) and exit 1."""
-    try:
-        return load(file)
-    except SpecError as exc:
-        n = len(exc.problems)
-        err.print(f"[bold red]{escape(str(file))}: {n} problem{'s' if n != 1 else ''}[/]",
-                  highlight=False, soft_wrap=True)
-        for problem in exc.problems:
-            err.print(f"  {problem}", highlight=False, soft_wrap=True, markup=False)
-        raise typer.Exit(1) from None
-
-
 @app.callback(invoke_without_command=True)
 def _root(
     version: Annotated[bool, typer.Option("--version", help="Print the version and exit.")] = False,
@@ -93,9 +85,25 @@ def _root(
 
 
 @app.command()
-def validate(file: Annotated[Path, typer.Argument(help="Policy file (a Python module).")]) -> None:
-    """Check a policy file; report every problem with file:line, field and what is allowed."""
-    spec = _load(file)
+def validate(
+    file: Annotated[Path, typer.Argument(help="Policy file (a Python module).")],
+    fmt: FormatOpt = OutputFormat.text,
+) -> None:
+    """Check a policy file: every problem with file:line, field and what is allowed (exit 1)."""
+    if fmt is OutputFormat.json:
+        try:
+            spec: Spec = load(file)
+        except SpecError as exc:
+            print_json({"file": str(file), "ok": False, "problems": [
+                {"file": p.file, "line": p.line, "path": p.path, "message": p.message,
+                 "value": p.value} for p in exc.problems]})
+            raise typer.Exit(1) from None
+        print_json({"file": str(file), "ok": True, "problems": [],
+                    "network": spec.network.name, "provider": spec.network.provider.kind,
+                    "edgepoints": [e.name for e in spec.network.edgepoints],
+                    "applications": [a.name for a in spec.applications]})
+        return
+    spec = load_spec(file)
     net = spec.network
     out.print(
         f"[green]✓[/] {escape(str(file))}: network [bold]{net.name}[/] ({net.provider.kind}), "
@@ -117,7 +125,7 @@ def plan(
 ) -> None:
     """Compile a policy file into a plan; with --diff, show what would change (exit 2 if anything)."""
     previous = _read(old) if old else None
-    new = compile_plan(_load(file))
+    new = compile_plan(load_spec(file))
     if resources:
         print_resources(new, out)
     if out_file:
@@ -156,14 +164,35 @@ def up(
         "--policy-pack", help="Cloud: policy pack to enforce (default: stacks/policy).")] = None,
     preview: Annotated[bool, typer.Option("--preview", help="Cloud: show the changes only.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Cloud: apply without asking.")] = False,
+    fmt: FormatOpt = OutputFormat.text,
 ) -> None:
     """Bring up the network a policy file declares: here (a Local network, or any with
     --local), or on its cloud through Pulumi's Automation API."""
-    if local or _load(file).network.provider.kind == "local":
-        network.up(file, local=local, state=state, http_port=http_port, timeout=timeout)
-    else:
+    spec = load_spec(file)
+    if local or spec.network.provider.kind == "local":
+        network.up(file, local=local, state=state, http_port=http_port, timeout=timeout, fmt=fmt)
+        return
+    if fmt is OutputFormat.text:
         cloud_up(file, stack=stack, state_dir=state_dir, owner=owner, ssh_key=ssh_key,
                  policy_pack=policy_pack, preview=preview, yes=yes)
+        return
+    # JSON for scripts: Pulumi's and the configuration's progress go to stderr, the
+    # result (the inventory `up` wrote, the exit code) to stdout
+    code = 0
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            cloud_up(file, stack=stack, state_dir=state_dir, owner=owner, ssh_key=ssh_key,
+                     policy_pack=policy_pack, preview=preview, yes=yes)
+    except typer.Exit as exc:
+        code = exc.exit_code
+    name = stack or spec.network.name
+    inventory = cloud_state_dir(file, state_dir) / f"{name}.inventory.json"
+    print_json({"network": spec.network.name, "provider": spec.network.provider.kind,
+                "stack": name, "preview": preview, "exit_code": code,
+                "inventory": json.loads(inventory.read_text()) if inventory.is_file() and
+                not preview else None})
+    if code:
+        raise typer.Exit(code)
 
 
 def _read(path: Path) -> Plan:

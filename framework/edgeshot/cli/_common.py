@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -16,6 +18,49 @@ err = Console(stderr=True, soft_wrap=True)
 StateOpt = Annotated[Path | None, typer.Option(
     "--state", help="the network's state directory (default: $EDGESHOT_NETWORK, or the only "
     "one under ./.state)", envvar="EDGESHOT_NETWORK", file_okay=False)]
+
+
+class OutputFormat(StrEnum):
+    """`--format` of the commands that print a result: text for people, json for scripts
+    (one JSON document on stdout; progress and errors go to stderr)."""
+
+    text = "text"
+    json = "json"
+
+
+FormatOpt = Annotated[OutputFormat, typer.Option(
+    "--format", help="text, or json (one document on stdout, for scripts)")]
+
+
+def print_json(doc: object) -> None:
+    """A result for scripts: plain JSON on stdout (no colour, no wrapping)."""
+    print(json.dumps(doc, indent=1, default=str))
+
+
+def load_spec(file: Path) -> Any:
+    """Load a policy file, or print every problem (file:line, field, what is allowed; no
+    traceback) and exit 1."""
+    from edgeshot.spec import SpecError, load
+    try:
+        return load(file)
+    except SpecError as exc:
+        n = len(exc.problems)
+        _err.print(f"[bold red]{escape(str(file))}: {n} problem{'s' if n != 1 else ''}[/]",
+                   highlight=False, soft_wrap=True)
+        for problem in exc.problems:
+            _err.print(f"  {problem}", highlight=False, soft_wrap=True, markup=False)
+        raise typer.Exit(1) from None
+
+
+class LogFormat(StrEnum):
+    text = "text"
+    json = "json"
+
+
+LogFormatOpt = Annotated[LogFormat | None, typer.Option(
+    "--log-format", envvar="EDGESHOT_LOG_FORMAT",
+    help="text, or json (one object a line, for log shippers); overrides the file's "
+    "log_format")]
 
 
 def fail(message: str) -> typer.Exit:

@@ -15,13 +15,14 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from ._common import err
+from ._common import LogFormatOpt, err
 
 
 def agent(
     config: Annotated[Path, typer.Option("--config", "-c", help="agent configuration (TOML)",
                                          envvar="EDGESHOT_AGENT_CONFIG", readable=False,
                                          dir_okay=False)],
+    log_format: LogFormatOpt = None,
 ) -> None:
     """Run the agent: the API of this server (instances, appshots, usage, metrics).
 
@@ -36,7 +37,8 @@ def agent(
         # The daemon runs for months on every server: exec a lean interpreter (same pid)
         # without the CLI's imports (typer, rich, spec, plan…).
         os.execv(sys.executable, [sys.executable, "-m", "edgeshot.agent.server",
-                                  "--config", str(config)])
+                                  "--config", str(config),
+                                  *(["--log-format", log_format.value] if log_format else [])])
     except ConfigError as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
@@ -49,7 +51,7 @@ def token(
     tokens_file: Annotated[Path, typer.Argument(help="token file (hashes) the service reads")],
     name: Annotated[str, typer.Argument(help="the token's name (in logs, instead of it)")],
     scope: Annotated[list[str], typer.Option(
-        "--scope", "-s", help="controller-edge, edge-agent, controller-agent, operator, "
+        "--scope", "-s", help="controller-edge, edge-agent, controller-agent, operator, metrics, "
         "owner:<id> or vendor:<name>; repeat for several")],
     out: Annotated[Path | None, typer.Option(
         "--out", help="write the token here (0600) instead of printing it")] = None,
@@ -64,7 +66,7 @@ def token(
     if out is None:
         print(text)
     else:
-        err.print(f"token {name!r} written to {out}")
+        err.print(f"token {name!r} written to {out}", soft_wrap=True, markup=False)
 
 
 if __name__ == "__main__":  # python -m edgeshot.cli.agent --config FILE (tests, debugging)

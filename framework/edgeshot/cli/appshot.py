@@ -16,7 +16,7 @@ from rich.table import Table
 
 from edgeshot.agent import appshots as A
 
-from ._common import err, fail
+from ._common import FormatOpt, OutputFormat, err, fail, print_json
 
 app = typer.Typer(help="Appshots: frozen running apps, restored in milliseconds.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -33,7 +33,8 @@ def _host(state_dir: Path) -> A.Host:
 def _cold_note() -> None:
     st = A.criu_status()
     if not st.usable:
-        err.print(f"[yellow]CRIU unavailable, instances cold-start:[/] {escape(st.reason)}")
+        err.print(f"[yellow]CRIU unavailable, instances cold-start:[/] {escape(st.reason)}",
+                  soft_wrap=True)
 
 
 def _spec(policy: Path, app_name: str | None, reseed: str | None) -> A.PodSpec:
@@ -64,10 +65,16 @@ def capture(
 ) -> None:
     """Start the app fresh, warm it up, and dump it into a signed appshot."""
     spec = _spec(policy, app_name, reseed_signal)
-    try:
-        res = A.capture(spec, out_dir, _host(state_dir), tarball=tarball)
-    except A.NotRestorable as exc:
-        raise fail("; ".join(exc.reasons)) from None
+    # progress on stderr: a status line on a terminal, one line a step otherwise
+    with err.status(f"capturing {spec.app} {spec.version}…") as status:
+        def step(text: str) -> None:
+            status.update(escape(f"capturing {spec.app} {spec.version}: {text}…"))
+            if not err.is_terminal:
+                err.print(escape(f"  {text}"), highlight=False, soft_wrap=True)
+        try:
+            res = A.capture(spec, out_dir, _host(state_dir), tarball=tarball, progress=step)
+        except A.NotRestorable as exc:
+            raise fail("; ".join(exc.reasons)) from None
     m = res.manifest
     out.print(f"captured {m.app} {m.version} into {res.path} ({len(m.files)} files, signer "
               f"{m.signer}): cold start {res.cold_start_ms:.0f} ms, {res.warmup_requests} "
@@ -129,9 +136,21 @@ def stop(
 def list_(
     appshots: Annotated[Path | None, typer.Option(help="directory holding appshots")] = None,
     state_dir: StateOpt = A.DEFAULT_STATE,
+    fmt: FormatOpt = OutputFormat.text,
 ) -> None:
     """Running instances, and the appshots/snapshots kept here."""
     host = _host(state_dir)
+    if fmt is OutputFormat.json:
+        print_json({
+            "instances": [{"id": i.id, "app": i.app, "version": i.version, "origin": i.origin,
+                           "url": i.url, "slot": i.slot, "ready_ms": i.ready_ms}
+                          for i in A.list_instances(host)],
+            "appshots": [{"path": str(path), "kind": m.kind, "app": m.app, "version": m.version,
+                          "owner": m.owner, "created": m.created.isoformat(timespec="seconds"),
+                          "signer": m.signer}
+                         for root in [p for p in (appshots, state_dir / "snapshots") if p]
+                         for path, m in A.list_appshots(root)]})
+        return
     t = Table("instance", "app", "version", "origin", "address", "slot", "ready ms")
     for i in A.list_instances(host):
         t.add_row(i.id, i.app, i.version, i.origin, i.url, i.slot or "-",

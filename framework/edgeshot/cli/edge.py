@@ -14,13 +14,14 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from ._common import err
+from ._common import LogFormatOpt, err
 
 
 def edge(
     config: Annotated[Path, typer.Option("--config", "-c", help="edge configuration (TOML)",
                                          envvar="EDGESHOT_EDGE_CONFIG", readable=False,
                                          dir_okay=False)],
+    log_format: LogFormatOpt = None,
 ) -> None:
     """Run an edgepoint: HAProxy driven live, the activator, the resource manager, data-path
     usage and the edge API.
@@ -31,7 +32,8 @@ def edge(
     from edgeshot.edge._haproxy import HAProxyError
     from edgeshot.edge.service import ConfigError, EdgeConfig, run
     try:
-        run(EdgeConfig.load(config))
+        cfg = EdgeConfig.load(config)
+        run(cfg.model_copy(update={"log_format": log_format.value}) if log_format else cfg)
     except (ConfigError, HAProxyError, OSError) as exc:
         err.print(f"[bold red]error:[/] {escape(str(exc) or type(exc).__name__)}",
                   highlight=False, soft_wrap=True)

@@ -23,20 +23,19 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ._common import StateOpt, err, fail, find_state
+from ._common import (
+    FormatOpt,
+    LogFormatOpt,
+    OutputFormat,
+    StateOpt,
+    err,
+    fail,
+    find_state,
+    load_spec,
+    print_json,
+)
 
 out = Console()
-
-def _load_spec(file: Path) -> Any:
-    from edgeshot.spec import SpecError, load
-    try:
-        return load(file)
-    except SpecError as exc:
-        err.print(f"[bold red]{escape(str(file))}: {len(exc.problems)} problem(s)[/]")
-        for p in exc.problems:
-            err.print(f"  {p}", markup=False, highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
-
 
 def _client(state: Path, token: str = "operator") -> Any:
     from edgeshot.control._localnet import LocalNetwork, NetworkError
@@ -99,18 +98,20 @@ def up(
                                                "./.state/<network>)", file_okay=False)] = None,
     http_port: Annotated[int | None, typer.Option(help="the entry port (default: the policy's)")] = None,
     timeout: Annotated[float, typer.Option(help="seconds to wait for every app")] = 180.0,
+    fmt: FormatOpt = OutputFormat.text,
 ) -> None:
     """Bring up the network a policy declares, on this machine: agents, one edge process per
     edgepoint (127.0.N.1), the controller and the global dispatcher; capture and distribute
     every app; print the entry and dashboard URLs."""
     from edgeshot.control._localnet import LocalNetwork, NetworkError
-    spec = _load_spec(file)
+    say = out if fmt is OutputFormat.text else err  # stdout carries the JSON result
+    spec = load_spec(file)
     name = spec.network.name
     state = state or Path(".state") / name
     try:
         net = LocalNetwork.create(file, state, local=local, http_port=http_port, spec=spec)
-        with out.status(f"starting network {name}…"):
-            net.start(progress=lambda m: out.print(escape(f"  {m}"), highlight=False))
+        with say.status(f"starting network {name}…"):
+            net.start(progress=lambda m: say.print(escape(f"  {m}"), highlight=False))
     except NetworkError as exc:
         raise fail(str(exc)) from None
     from edgeshot.control.client import ControllerClient
@@ -118,11 +119,18 @@ def up(
     async def wait() -> dict[str, Any]:
         async with ControllerClient(net.manifest.controller_url, net.token()) as c:
             return await _wait_serving(c, timeout,
-                                       lambda m: out.print(escape(m), highlight=False,
+                                       lambda m: say.print(escape(m), highlight=False,
                                                            soft_wrap=True),
                                        net.state_dir)
 
     st = asyncio.run(wait())
+    if fmt is OutputFormat.json:
+        m = net.manifest
+        print_json({"network": m.network, "entry_url": m.entry_url,
+                    "dashboard_url": m.dashboard_url, "controller_url": m.controller_url,
+                    "tokens_dir": str(Path(m.state_dir) / "secrets"), "state_dir": m.state_dir,
+                    "status": st})
+        return
     _print_up(net, st)
 
 
@@ -161,7 +169,7 @@ def down(state: StateOpt = None) -> None:
     with out.status(f"stopping network {net.manifest.network}…"):
         cleaned = net.stop()
     for item in cleaned:
-        err.print(f"  cleaned up after the fact: {escape(item)}", highlight=False)
+        err.print(f"  cleaned up after the fact: {escape(item)}", highlight=False, soft_wrap=True)
     left = net.leftovers()
     if left:
         raise fail("left behind: " + ", ".join(left))
@@ -171,7 +179,9 @@ def down(state: StateOpt = None) -> None:
 
 def status(
     state: StateOpt = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print the raw status")] = False,
+    fmt: FormatOpt = OutputFormat.text,
+    as_json: Annotated[bool, typer.Option("--json", hidden=True,
+                                          help="the same as --format json")] = False,
 ) -> None:
     """Versions, canaries, instances per edgepoint, health."""
     state = find_state(state)
@@ -186,8 +196,8 @@ def status(
         st = asyncio.run(get())
     except ControllerError as exc:
         raise fail(str(exc)) from None
-    if as_json:
-        print(json.dumps(st, indent=1))
+    if as_json or fmt is OutputFormat.json:
+        print_json(st)
         return
     print_status(st, out)
 
@@ -240,8 +250,10 @@ def deploy(
                                         "owner's token only (X-Edgeshot-Stage) and run its "
                                         "load test; roll it out later with --version")] = False,
     state: StateOpt = None,
+    fmt: FormatOpt = OutputFormat.text,
 ) -> None:
-    """Roll out a version: captured once, distributed, then a canary (or all at once)."""
+    """Roll out a version: captured once, distributed, then a canary (or all at once).
+    Exits 3 when the canary analysis rolled it back."""
     share = _percent(canary)
     state = find_state(state)
     net, client = _client(state)
@@ -250,7 +262,7 @@ def deploy(
     if target.endswith(".py") or Path(target).is_file():
         from edgeshot.control._localnet import as_local
         from edgeshot.plan import compile_plan
-        spec = _load_spec(Path(target))
+        spec = load_spec(Path(target))
         apps = [a for a in spec.applications if app is None or a.name == app]
         if len(apps) != 1:
             raise fail(f"{target} declares {[a.name for a in spec.applications]}: "
@@ -265,27 +277,53 @@ def deploy(
         raise fail("give --version (or a policy file)")
     if stage:
         from edgeshot.control._staging import stage_command
-        raise typer.Exit(stage_command(client, name, version=version, plan=plan_json,
-                                       source_dir=source, load_test=load_test, wait=wait,
-                                       out=out))
+        code = stage_command(client, name, version=version, plan=plan_json, source_dir=source,
+                             load_test=load_test, wait=wait,
+                             out=out if fmt is OutputFormat.text else err)
+        if fmt is OutputFormat.json:
+            print_json({"app": name, "version": version, "stage": True, "exit_code": code,
+                        "passed": code == 0})
+        raise typer.Exit(code)
 
     from edgeshot.control.client import ControllerError
 
+    human = fmt is OutputFormat.text
+    # progress goes to stderr when stdout carries the JSON result
+    say = out if human else err
+    events: list[dict[str, Any]] = []
+
     async def go() -> dict[str, Any]:
         async with client:
-            with out.status(f"deploying {name}: capture, distribute, roll out…"):
-                dep = await client.deploy(name, version=version, plan=plan_json, canary=share,
-                                          source_dir=source)
-            out.print(f"deployment #{dep['id']}: {name} {dep.get('from_version') or '∅'} → "
+            seen = 0  # only this deployment's events: skip the app's earlier ones
+            while batch := await client.events(after=seen, app=name, limit=1000):
+                seen = batch[-1]["id"]
+
+            def show(e: dict[str, Any], status: Any = None) -> None:
+                events.append(e)
+                if status is not None:
+                    status.update(escape(f"deploying {name}: {e['kind']}: {e['message']}"))
+                say.print(escape(f"  {e['kind']}: {e['message']}"), highlight=False,
+                          soft_wrap=True)
+
+            # capture and uploads to the agents happen inside the call: follow its events
+            with say.status(f"deploying {name}: capture, distribute, roll out…") as status:
+                call = asyncio.ensure_future(client.deploy(
+                    name, version=version, plan=plan_json, canary=share, source_dir=source))
+                while not call.done():
+                    await asyncio.wait([call], timeout=0.5)
+                    for e in await client.events(after=seen, app=name, limit=200):
+                        seen = e["id"]
+                        show(e, status)
+                dep = call.result()
+            say.print(f"deployment #{dep['id']}: {name} {dep.get('from_version') or '∅'} → "
                       f"{dep['to_version']} ({dep['kind']}, {dep['weight']}%)", highlight=False)
             if dep["phase"] != "progressing" or not wait:
                 return dep
-            seen = 0
             while True:
                 for e in await client.events(after=seen, app=name, limit=200):
                     seen = e["id"]
                     if e["kind"].startswith(("canary", "promoted")):
-                        out.print(escape(f"  {e['kind']}: {e['message']}"), highlight=False)
+                        show(e)
                 dep = await client.deployment(dep["id"])
                 if dep["phase"] != "progressing":
                     return dep
@@ -295,8 +333,11 @@ def deploy(
         dep = asyncio.run(go())
     except ControllerError as exc:
         raise fail(str(exc)) from None
-    color = {"promoted": "green", "rolled_back": "red"}.get(dep["phase"], "yellow")
-    out.print(f"[{color}]{dep['phase']}[/]: {name} {dep['to_version']}", highlight=False)
+    if human:
+        color = {"promoted": "green", "rolled_back": "red"}.get(dep["phase"], "yellow")
+        out.print(f"[{color}]{dep['phase']}[/]: {name} {dep['to_version']}", highlight=False)
+    else:
+        print_json({"app": name, "deployment": dep, "events": events})
     if dep["phase"] == "rolled_back":
         raise typer.Exit(3)
 
@@ -325,12 +366,14 @@ def rollback(
 def controller(
     config: Annotated[Path, typer.Option("--config", "-c", help="controller configuration (TOML)",
                                          envvar="EDGESHOT_CONTROLLER_CONFIG", dir_okay=False)],
+    log_format: LogFormatOpt = None,
 ) -> None:
     """Run the controller: the API (the conduit), the global dispatcher, the deployment
     center."""
     from edgeshot.control.server import ConfigError, ControllerConfig, run
     try:
-        run(ControllerConfig.load(config))
+        cfg = ControllerConfig.load(config)
+        run(cfg.model_copy(update={"log_format": log_format.value}) if log_format else cfg)
     except (ConfigError, OSError) as exc:
         raise fail(str(exc)) from None
 

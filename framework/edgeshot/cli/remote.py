@@ -79,7 +79,8 @@ def ssh(
         sys.stdout.write(res.stdout)
         sys.stderr.write(res.stderr)
         if res.error:
-            err.print(f"[bold red]{escape(server)}:[/] {escape(res.error)}", highlight=False)
+            err.print(f"[bold red]{escape(server)}:[/] {escape(res.error)}",
+                      highlight=False, soft_wrap=True)
         raise typer.Exit(res.exited if res.exited is not None else 255)
     if sys.stdin.isatty():
         raise typer.Exit(fleet.shell(server))
@@ -171,8 +172,11 @@ def push(
     from edgeshot.configure.remote import parse_install_output
     fleet = _fleet(inventory, key, user, known_hosts)
     _targets(fleet, on)
+    size = tarball.stat().st_size
     try:
-        results = fleet.push_appshot(tarball, name, on)
+        with err.status(f"copying {escape(tarball.name)} ({size / 2**20:.1f} MiB) to the agents "
+                        f"of {escape(on)} over SFTP, then verifying it there…"):
+            results = fleet.push_appshot(tarball, name, on)
     except ValueError as exc:
         raise fail(str(exc)) from None
     table = Table(title=f"appshot {escape(name)}", title_justify="left")

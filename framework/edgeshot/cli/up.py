@@ -77,6 +77,12 @@ def pulumi_path(env: dict[str, str] | None = None, home: Path | None = None) -> 
     return candidate if candidate.is_file() and os.access(candidate, os.X_OK) else None
 
 
+def pulumi_color(console: Console) -> str:
+    """Pulumi's --color: colours only on a terminal, and never under NO_COLOR (rich reads
+    NO_COLOR into `no_color`; Pulumi's output passes through this process)."""
+    return "always" if console.is_terminal and not console.no_color else "never"
+
+
 def default_ssh_key(home: Path) -> Path | None:
     return next((home / ".ssh" / k for k in SSH_KEYS if (home / ".ssh" / k).is_file()), None)
 
@@ -183,7 +189,7 @@ def stack_settings(plan: Plan, policy_file: Path, existing: dict[str, Any], owne
 def _fail(problems: list[str]) -> typer.Exit:
     n = len(problems)
     err.print(f"[bold red]edgeshot up cannot start[/] ({n} problem{'s' if n != 1 else ''}):",
-              highlight=False)
+              highlight=False, soft_wrap=True)
     for p in problems:
         err.print(f"  - {escape(p)}", highlight=False, soft_wrap=True)
     return typer.Exit(1)
@@ -308,7 +314,7 @@ def cloud_up(
     pack = policy_pack or Path(__file__).resolve().parents[3] / "stacks" / "policy"
     if (pack / "PulumiPolicy.yaml").is_file():
         packs.append(str(pack))
-    color = "always" if out.is_terminal else "never"
+    color = pulumi_color(out)
     try:
         st.preview(on_output=print, policy_packs=packs or None, color=color)
         if preview:
@@ -317,7 +323,8 @@ def cloud_up(
             raise typer.Exit(1)
         st.up(on_output=print, policy_packs=packs or None, show_secrets=False, color=color)
     except auto.CommandError as exc:
-        err.print(f"[bold red]pulumi failed:[/] {escape(str(exc))}", highlight=False)
+        err.print(f"[bold red]pulumi failed:[/] {escape(str(exc))}",
+                  highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     outputs = st.outputs()
     inventory = outputs["inventory"].value
@@ -331,7 +338,7 @@ def cloud_up(
                 if isinstance(exc, ImportError) else "")
         err.print(f"[bold red]configuring the servers failed:[/] {escape(str(exc) + hint)}; "
                   "the servers are up: run `edgeshot up` again to configure them",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
     out.print(verdict_line(plan.network, verdict), highlight=False)
     if verdict.exit_code:
@@ -355,9 +362,10 @@ def cloud_destroy(
         raise typer.Exit(1)
     from pulumi import automation as auto
     try:
-        st.destroy(on_output=print, color="always" if out.is_terminal else "never")
+        st.destroy(on_output=print, color=pulumi_color(out))
     except auto.CommandError as exc:
-        err.print(f"[bold red]pulumi failed:[/] {escape(str(exc))}", highlight=False)
+        err.print(f"[bold red]pulumi failed:[/] {escape(str(exc))}",
+                  highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
 

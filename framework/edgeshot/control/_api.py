@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Info, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from pydantic import BaseModel, ConfigDict, Field
 
 from edgeshot import __version__
 from edgeshot.agent import auth
-from edgeshot.agent.auth import OPERATOR, public, requires
+from edgeshot.agent.auth import METRICS, OPERATOR, public, requires
 
 from ._controller import Controller
 from ._deploy import DeployError
@@ -203,7 +203,7 @@ class _Collector:
         yield w
 
 
-@requires(OPERATOR)
+@requires(OPERATOR, METRICS)
 async def metrics(request: web.Request) -> web.Response:
     reg = request.app[REGISTRY_KEY]
     return web.Response(body=generate_latest(reg), content_type="text/plain", charset="utf-8")
@@ -226,7 +226,9 @@ def build_app(controller: Controller) -> web.Application:
     reg = CollectorRegistry()
     reg.register(_Collector(controller))
     reg.register(metrics_collector(controller.metering))
-    Gauge("edgeshot_controller_up", "the controller runs", registry=reg).set(1)
+    # no custom *_up: Prometheus's own `up` says whether the controller answers
+    Info("edgeshot_controller_build", "this controller's edgeshot version",
+         registry=reg).info({"version": __version__})
     app[REGISTRY_KEY] = reg
     app.router.add_get("/", index)
     app.router.add_get("/v1/health", health)

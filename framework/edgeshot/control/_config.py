@@ -8,7 +8,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .._config_file import ConfigError, load_config  # noqa: F401 (ConfigError: re-exported)
+from .._config_file import ConfigError, load_config, toml_text  # noqa: F401 (ConfigError: re-exported)
+from .._logging import LogFormat
 from ._metering import MeteringSection
 
 
@@ -63,6 +64,7 @@ class ControllerConfig(_Section):
     canary: CanarySection = CanarySection()
     metering: MeteringSection = MeteringSection()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: LogFormat = Field("text", description="text, or json: one object a line")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ControllerConfig:
@@ -72,24 +74,4 @@ class ControllerConfig(_Section):
 
     def to_toml(self) -> str:
         """The configuration as TOML (paths absolute)."""
-        def val(v: object) -> str:
-            if isinstance(v, bool):
-                return "true" if v else "false"
-            if isinstance(v, int | float):
-                return repr(v)
-            return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-        lines = []
-        tables = []
-        for k, v in self.model_dump(exclude_none=True).items():
-            if isinstance(v, dict) and k in ("dispatcher", "canary"):
-                tables.append((k, v))
-            elif isinstance(v, dict):
-                tables.append((k, v))
-            else:
-                lines.append(f"{k} = {val(v)}")
-        for name, table in tables:
-            lines.append(f"\n[{name}]")
-            lines += [f'"{k}" = {val(v)}' if name in ("edges", "agents") else f"{k} = {val(v)}"
-                      for k, v in table.items() if v is not None]
-        return "\n".join(lines) + "\n"
+        return toml_text(self.model_dump(exclude_none=True))

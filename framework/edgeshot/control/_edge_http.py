@@ -148,11 +148,9 @@ def write_edge_configs(state: Path, plan: Any, tokens: dict[str, str],
             "api_port": host.ports["edge"], "state_dir": e["state_dir"],
             "tokens_file": str(state / "tokens" / "edge.toml"),
             "agent_token_file": tokens["edge-agent"], **options}
+        cfg["agents"] = [{"name": s.name, "url": f"http://{s.address}:{s.ports['agent']}"}
+                         for s in plan.servers if s.edgepoint == ep.name]
         text = toml_text(cfg)
-        for s in plan.servers:
-            if s.edgepoint == ep.name:
-                url = f"http://{s.address}:{s.ports['agent']}"
-                text += f"\n[[agents]]\nname = {json.dumps(s.name)}\nurl = {json.dumps(url)}\n"
         path = Path(e["config"])
         path.write_text(text)
         os.chmod(path, 0o600)

@@ -200,6 +200,8 @@ class LocalNetwork:
         issue("edge.toml", "controller-edge", [auth.CONTROLLER_EDGE])
         issue("edge.toml", "operator", [auth.OPERATOR])
         issue("controller.toml", "operator", [auth.OPERATOR])
+        for file in ("agent.toml", "edge.toml", "controller.toml"):  # what Prometheus scrapes with
+            issue(file, "metrics", [auth.METRICS])
         for owner in sorted({a.owner for a in plan.apps}):
             issue("controller.toml", f"owner-{owner}", [auth.owner_scope(owner)])
         for vendor in sorted({a.vendor for a in plan.apps}):

@@ -367,12 +367,12 @@ class _Collector:
         yield lag
         yield lag_s
         yield failing
-        cur = m.pricing.currency.lower()
-        spend = GaugeMetricFamily(f"edgeshot_controller_spend_{cur}",
-                                  f"spend this month per owner ({m.pricing.currency})",
-                                  labels=["owner"])
+        # the currency is a label, not a name: one series name whatever the network prices in
+        spend = GaugeMetricFamily("edgeshot_controller_spend",
+                                  "spend this month per owner, in the network's currency",
+                                  labels=["owner", "currency"])
         for owner, amount in sorted(m.spend.items()):
-            spend.add_metric([owner], float(amount))
+            spend.add_metric([owner, m.pricing.currency], float(amount))
         yield spend
         used = GaugeMetricFamily("edgeshot_controller_budget_used_ratio",
                                  "share of the app's monthly budget spent", labels=["app", "owner"])

@@ -15,6 +15,7 @@ import logging
 
 from aiohttp import web
 
+from .._logging import FORMATS, configure_logging
 from ._api import build_app
 from ._config import CanarySection, ConfigError, ControllerConfig, DispatcherSection
 from ._controller import Controller
@@ -25,9 +26,8 @@ __all__ = ["CanarySection", "ConfigError", "Controller", "ControllerConfig", "Di
 
 def run(config: ControllerConfig) -> None:
     """Serve until SIGTERM/SIGINT; stops the dispatcher's HAProxy on the way out."""
-    logging.basicConfig(level=getattr(logging, config.log_level),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    configure_logging(config.log_level, config.log_format, service="controller",
+                      access_level=logging.WARNING)
     controller = Controller(config)
     port = config.port or controller.plan.controller.ports["controller"]
     web.run_app(build_app(controller), host=config.listen, port=port, print=None,
@@ -40,9 +40,13 @@ if __name__ == "__main__":  # python -m edgeshot.control.server --config FILE
 
     ap = argparse.ArgumentParser(prog="edgeshot controller")
     ap.add_argument("--config", "-c", required=True)
+    ap.add_argument("--log-format", choices=FORMATS, help="overrides the file's log_format")
     args = ap.parse_args()
     try:
-        run(ControllerConfig.load(args.config))
+        cfg = ControllerConfig.load(args.config)
+        if args.log_format:
+            cfg = cfg.model_copy(update={"log_format": args.log_format})
+        run(cfg)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

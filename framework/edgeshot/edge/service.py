@@ -61,12 +61,14 @@ from typing import Any, Literal
 import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import __version__
-from .._config_file import ConfigError, load_config
+from .._config_file import ConfigError, load_config, toml_text
+from .._logging import LogFormat, configure_logging
 from ..agent import auth
-from ..agent.auth import CONTROLLER_EDGE, OPERATOR, requires
+from ..agent.auth import CONTROLLER_EDGE, METRICS, OPERATOR, requires
 from ..agent.client import AgentClient, AgentError
 from ..agent.models import InstanceInfo
 from . import _haproxy as H
@@ -159,6 +161,7 @@ class EdgeConfig(BaseModel):
                                      "it failed or is gone)")
     keep_haproxy: bool = Field(False, description="leave HAProxy running when the edge stops")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: LogFormat = Field("text", description="text, or json: one object a line")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> EdgeConfig:
@@ -167,16 +170,7 @@ class EdgeConfig(BaseModel):
 
     def render(self) -> str:
         """This configuration as TOML (for tests and templates)."""
-        out, agents = [], []
-        for k, v in self.model_dump(mode="json", exclude_none=True).items():
-            if k == "agents":
-                agents = v
-                continue
-            out.append(f"{k} = {'true' if v is True else 'false' if v is False else json.dumps(v)}")
-        for a in agents:
-            out += ["", "[[agents]]", f"name = {json.dumps(a['name'])}",
-                    f"url = {json.dumps(a['url'])}"]
-        return "\n".join(out) + "\n"
+        return toml_text(self.model_dump(mode="json", exclude_none=True))
 
 
 # -- the process's picture of its edgepoint --------------------------------------------------
@@ -289,6 +283,39 @@ def _run_dir(state_dir: Path, edgepoint: str) -> Path:
 
 
 # -- the edge ---------------------------------------------------------------------------
+class _SlaCollector:
+    """Each placement's response time at its SLA's percentile (over the stable window)
+    beside the SLA's bound: the alert "SLA breach" compares the two series."""
+
+    LABELS = ("app", "edgepoint", "owner", "percentile")
+
+    def __init__(self, edge: Edge) -> None:
+        self.edge = edge
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (GaugeMetricFamily("edgeshot_edge_response_latency_seconds",
+                                  "response time at the SLA's percentile, stable window",
+                                  labels=self.LABELS),
+                GaugeMetricFamily("edgeshot_edge_sla_max_response_seconds",
+                                  "the SLA's bound on that response time", labels=self.LABELS))
+
+    def describe(self):  # noqa: ANN201 (prometheus_client's protocol)
+        yield from self._families()
+
+    def collect(self):  # noqa: ANN201
+        e = self.edge
+        observed, bound = self._families()
+        for pr in list(e.placements.values()):
+            pol = pr.policy
+            labels = [pr.app, e.cfg.edgepoint, pr.a.placement.owner, f"{pol.percentile:g}"]
+            bound.add_metric(labels, pol.max_response_ms / 1000)
+            ms = e.book.latency(pr.app, pol.percentile, e.cfg.stable_window_s)
+            if ms is not None:
+                observed.add_metric(labels, ms / 1000)
+        yield observed
+        yield bound
+
+
 class Edge:
     def __init__(self, cfg: EdgeConfig, *, tokens: auth.TokenStore | None = None,
                  agent_token: str | None = None) -> None:
@@ -377,6 +404,7 @@ class Edge:
         self.m_log_lines = Counter("edgeshot_edge_log_lines_total", "HAProxy log lines read",
                                    ("edgepoint",), registry=r)
         self._log_lines = self.m_log_lines.labels(self.cfg.edgepoint)
+        r.register(_SlaCollector(self))
 
     # -- life cycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -1779,7 +1807,7 @@ def build_api(edge: Edge) -> web.Application:
         limit = _int_query(request, "limit", 1000, 1, 10000)
         return _json(edge.meter.page(after, limit))
 
-    @requires(*READ)
+    @requires(*READ, METRICS)
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(text=await edge.metrics(),
                             content_type="text/plain", charset="utf-8")
@@ -1804,11 +1832,6 @@ def build_api(edge: Edge) -> web.Application:
 
 
 # -- running ---------------------------------------------------------------------------------
-def configure_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
 async def serve(cfg: EdgeConfig) -> None:
     """Run until SIGTERM/SIGINT, then stop gracefully."""
     try:
@@ -1832,5 +1855,5 @@ async def serve(cfg: EdgeConfig) -> None:
 
 
 def run(cfg: EdgeConfig) -> None:
-    configure_logging(cfg.log_level)
+    configure_logging(cfg.log_level, cfg.log_format, service="edge")
     asyncio.run(serve(cfg))

@@ -80,6 +80,7 @@ class SpecModel(BaseModel):
 
     _origin: Origin | None = PrivateAttr(default=None)
     _invalid: bool = PrivateAttr(default=False)
+    _failed: frozenset[str] = PrivateAttr(default=frozenset())
 
     def __init__(self, /, **data: Any) -> None:
         origin = _caller_origin()
@@ -90,18 +91,23 @@ class SpecModel(BaseModel):
             try:
                 super().__init__(**data)
             except ValidationError as exc:
-                self._become_partial(data)
-                collector.failed.append(Recorded(self, exc.errors(include_url=False)))
+                errors = exc.errors(include_url=False)
+                self._become_partial(data, errors)
+                collector.failed.append(Recorded(self, errors))
         self._origin = origin
 
-    def _become_partial(self, data: dict[str, Any]) -> None:
-        """Keep the fields that were given, unvalidated, so the file can go on."""
+    def _become_partial(self, data: dict[str, Any], errors: list[dict[str, Any]]) -> None:
+        """Keep the fields that were given, unvalidated, so the file can go on; remember
+        which fields failed ("" for the object as a whole) so that checks can still use
+        the others."""
         known = {k: v for k, v in data.items() if k in type(self).model_fields}
         partial = type(self).model_construct(**known)
         object.__setattr__(self, "__dict__", partial.__dict__)
         object.__setattr__(self, "__pydantic_fields_set__", partial.__pydantic_fields_set__)
         object.__setattr__(self, "__pydantic_extra__", None)
-        object.__setattr__(self, "__pydantic_private__", {"_origin": None, "_invalid": True})
+        failed = frozenset(str(e["loc"][0]) if e.get("loc") else "" for e in errors)
+        object.__setattr__(self, "__pydantic_private__",
+                           {"_origin": None, "_invalid": True, "_failed": failed})
 
     @property
     def written_at(self) -> Origin | None:
@@ -111,6 +117,10 @@ class SpecModel(BaseModel):
     @property
     def is_valid(self) -> bool:
         return not self._invalid
+
+    def field_failed(self, name: str) -> bool:
+        """This object's own validation failed on field ``name``."""
+        return self._invalid and name in self._failed
 
     def __eq__(self, other: object) -> bool:
         # Where an object was written does not change what it declares.

@@ -9,14 +9,16 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, get_args, get_origin
+from typing import Any, TypeVar, get_args, get_origin
 
 from ._base import SpecModel, subtree_valid
 from ._catalog import CATALOGS, REGIONS, RegionInfo
 from ._command import command_problems
 from ._cost import instance_month, money
-from ._models import Application, EdgeNetwork, Edgepoint
+from ._models import Application, Controller, EdgeNetwork, Edgepoint
 from ._routes import is_glob, methods_meet, patterns_meet, specificity
+
+M = TypeVar("M", bound=SpecModel)
 
 
 @dataclass(frozen=True)
@@ -79,49 +81,56 @@ def check(network: EdgeNetwork | None, apps: list[Application]) -> list[Finding]
 
     A check runs when the parts it reads are valid on their own; parts that
     failed have reported their own problems already, and the rest of the
-    declaration is still checked, so one load shows everything.
+    declaration is still checked, so one load shows everything (a wrong peak
+    window in the network's pricing does not hide an unknown location).
     """
     findings: list[Finding] = []
-    net = network if network is not None and subtree_valid(network) else None
+    net = network
     if net is not None:
         findings += _network(net)
+    # what the apps' checks read of the network, each when valid
+    places = net is not None and _ok(net, "edgepoints", "regions")
+    prices = places and _ok(net, "pricing")  # type: ignore[arg-type]
+    origin = net is not None and _ok(net, "origin")
     named = [a for a in apps if _ok(a, "name", "routing", "owner")]
     findings += _unique_apps(named)
     for app in apps:
         if _ok(app, "tiers"):
             findings += _commands(app)
         if _ok(app, "cleave"):
-            findings += _cleave(app, net)
+            findings += _cleave(app, net if origin else None)
         if _ok(app, "sla", "distribution", "load_test"):
             findings += _sla(app)
-        if net is not None and _ok(app, "distribution", "load_test"):
-            findings += _against_network(app, net)
-        if net is not None and _ok(app, "distribution", "budget", "tiers"):
-            findings += _budget(app, net)
+        if places and _ok(app, "distribution", "load_test"):
+            findings += _against_network(app, net)  # type: ignore[arg-type]
+        if prices and _ok(app, "distribution", "budget", "tiers"):
+            findings += _budget(app, net)  # type: ignore[arg-type]
     return findings
 
 
-def _ok(app: Application, *fields: str) -> bool:
-    """The named fields of `app` hold valid values (a half-built app may hold raw input:
-    None, text, a list or an object of another kind where an object belongs)."""
+def _ok(obj: SpecModel, *fields: str) -> bool:
+    """The named fields of `obj` hold valid values (a half-built object may hold raw input:
+    None, text, a list or an object of another kind where an object belongs). A plain
+    field counts when the object validated, or when it is text its validation accepted."""
     for name in fields:
-        if name not in app.__dict__:
+        if name not in obj.__dict__:
             return False
-        value = app.__dict__[name]
-        annotation = type(app).model_fields[name].annotation
+        value = obj.__dict__[name]
+        annotation = type(obj).model_fields[name].annotation
         if value is None:
-            if type(None) not in get_args(annotation):
+            if type(None) not in get_args(annotation) or obj.field_failed(name):
                 return False
             continue
         models = _models_in(annotation)
+        if not models:
+            if not (obj.is_valid or (isinstance(value, str) and not obj.field_failed(name))):
+                return False
+            continue
         many = get_origin(annotation) in (tuple, list)
         if many != isinstance(value, (tuple, list)):
             return False
         for item in value if many else (value,):
-            if models:
-                if not (isinstance(item, models) and subtree_valid(item)):
-                    return False
-            elif not isinstance(item, str):  # the one plain field checked: name
+            if not (isinstance(item, models) and subtree_valid(item)):
                 return False
     return True
 
@@ -134,27 +143,31 @@ def _models_in(annotation: Any) -> tuple[type[SpecModel], ...]:
 
 
 def _network(net: EdgeNetwork) -> Iterator[Finding]:
-    catalog = CATALOGS[net.provider.kind]
-    for region in net.regions:
+    """The network's own findings; each runs on the parts it reads that are valid."""
+    for region in _valid(net, "regions"):
         if region.name in REGIONS:
             yield Finding(
                 region, "name", region.name, "is a built-in region; give your region another name"
             )
-    known_regions = region_names(net)
-    for name, n in Counter(e.name for e in net.edgepoints).items():
+    edgepoints = _items(net, "edgepoints", Edgepoint)  # valid or not: each field on its own
+    named = [e for e in edgepoints if _ok(e, "name")]
+    for name, n in Counter(e.name for e in named).items():
         if n > 1:
-            dup = [e for e in net.edgepoints if e.name == name][1]
+            dup = [e for e in named if e.name == name][1]
             yield Finding(
                 dup, "name", name, f"edgepoint names must be unique; {name!r} is declared {n} times"
             )
-    if net.provider.kind == "local":
-        for ep in net.edgepoints:
-            if ep.servers > 254:
+    kind = net.provider.kind if _ok(net, "provider") else None
+    if kind == "local":
+        for ep in edgepoints:
+            if _ok(ep, "servers") and ep.servers > 254:
                 yield Finding(ep, "servers", ep.servers,
                               "a local edgepoint's servers share its 127.x.y.0/24: at most 254")
-    placed = [*net.edgepoints, net.controller]
-    for site in placed:
-        if isinstance(site, Edgepoint) and site.region not in known_regions:
+    known_regions = region_names(net) if _ok(net, "regions") else None
+    controller = _items(net, "controller", Controller)
+    for site in [*edgepoints, *controller]:
+        if (isinstance(site, Edgepoint) and known_regions is not None and _ok(site, "region")
+                and site.region not in known_regions):
             yield Finding(
                 site,
                 "region",
@@ -162,30 +175,46 @@ def _network(net: EdgeNetwork) -> Iterator[Finding]:
                 f"unknown region; allowed: {', '.join(sorted(known_regions))} "
                 "(or add a Region to the network)",
             )
-        if net.provider.kind != "local":
-            if site.location not in catalog.locations:
+        if kind is not None and kind != "local":
+            catalog = CATALOGS[kind]
+            if _ok(site, "location") and site.location not in catalog.locations:
                 yield Finding(
                     site,
                     "location",
                     site.location,
-                    f"not a {net.provider.kind} location; allowed: "
-                    f"{', '.join(sorted(catalog.locations))}",
+                    f"not a {kind} location; allowed: {', '.join(sorted(catalog.locations))}",
                 )
-            if site.server_type not in catalog.server_types:
+            if _ok(site, "server_type") and site.server_type not in catalog.server_types:
                 yield Finding(
                     site,
                     "server_type",
                     site.server_type,
-                    f"not a {net.provider.kind} server type; allowed: "
+                    f"not a {kind} server type; allowed: "
                     f"{', '.join(sorted(catalog.server_types))}",
                 )
-    if net.slot_network.prefixlen > 24 - _bits(sum(e.servers for e in net.edgepoints)):
+    if _ok(net, "slot_network", "edgepoints") and (
+            net.slot_network.prefixlen > 24 - _bits(sum(e.servers for e in net.edgepoints))):
         yield Finding(
             net,
             "slot_network",
             str(net.slot_network),
             "too small: every server needs its own /24 of slot addresses",
         )
+
+
+def _items(obj: SpecModel, name: str, cls: type[M]) -> list[M]:
+    """The `cls` objects of a field holding one or a list of them, valid or half-built."""
+    value = obj.__dict__.get(name)
+    values = value if isinstance(value, (tuple, list)) else (value,)
+    return [v for v in values if isinstance(v, cls)]
+
+
+def _valid(obj: SpecModel, name: str) -> list[Any]:
+    """The valid spec objects of a list field (a half-built parent may hold anything)."""
+    value = obj.__dict__.get(name)
+    if not isinstance(value, (tuple, list)):
+        return []
+    return [v for v in value if isinstance(v, SpecModel) and subtree_valid(v)]
 
 
 def _bits(n: int) -> int:

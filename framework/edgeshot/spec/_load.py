@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 import sys
 import traceback
 from dataclasses import dataclass
@@ -157,10 +158,38 @@ def _exec(path: Path, collector: Collector) -> tuple[dict[str, Any] | None, list
             del sys.modules[mod]
 
 
-def _locate(obj: SpecModel, paths: dict[int, str]) -> tuple[str, int, str]:
-    origin = obj.written_at
+def _locate(obj: SpecModel, paths: dict[int, str], below: tuple[Any, ...] = ()
+            ) -> tuple[str, int, str]:
+    """File, line and field path of a problem about `obj` at field path `below`: the line
+    is where the innermost object on that path was written (a `Cleave(...)` inside an
+    `Application(...)` has its own line), the path starts at the declaration's top."""
+    origin = _innermost(obj, below).written_at or obj.written_at
     file = display_path(origin.file) if origin else "?"
     return file, origin.line if origin else 0, paths.get(id(obj), type(obj).__name__)
+
+
+def _innermost(obj: SpecModel, below: tuple[Any, ...]) -> SpecModel:
+    """The last spec object with a known origin on the way down `below` (field names
+    and list indexes) from `obj`."""
+    found, here = obj, obj
+    for part in below:
+        if isinstance(part, int) and isinstance(here, (tuple, list)) and part < len(here):
+            here = here[part]
+        elif isinstance(part, str) and isinstance(here, SpecModel):
+            here = here.__dict__.get(part)
+        else:
+            break
+        if isinstance(here, SpecModel) and here.written_at is not None:
+            found = here
+    return found
+
+
+_SEGMENT = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
+
+
+def _parts(field: str) -> tuple[Any, ...]:
+    """"cleave.origin[1]" -> ("cleave", "origin", 1)."""
+    return tuple(int(i) if i else name for name, i in _SEGMENT.findall(field))
 
 
 def load_declaration(path: str | os.PathLike[str]) -> tuple[EdgeNetwork, list[Application], Path]:
@@ -194,8 +223,8 @@ def load_declaration(path: str | os.PathLike[str]) -> tuple[EdgeNetwork, list[Ap
             paths.setdefault(id(obj), p)
 
     for rec in collector.failed:
-        file_, line, base = _locate(rec.obj, paths)
         for err in _without_echoes(rec.errors):
+            file_, line, base = _locate(rec.obj, paths, tuple(err.get("loc", ())))
             loc = _loc(tuple(err.get("loc", ())))
             value = None if not loc or err.get("type") == "missing" else _short(err.get("input"))
             problems.append(
@@ -267,7 +296,7 @@ def _sources(apps: list[Application], base: Path) -> list[Finding]:
 
 
 def _problem(finding: Finding, paths: dict[int, str]) -> Problem:
-    file_, line, base = _locate(finding.obj, paths)
+    file_, line, base = _locate(finding.obj, paths, _parts(finding.field))
     path = f"{base}.{finding.field}" if finding.field else base
     value = None if finding.value is None else _short(finding.value)
     return Problem(file_, line, path, finding.message, value)

@@ -53,19 +53,19 @@ api = Application(
     **COMMON,
 )
 
-api_again = Application(  # expect: applications[api].name | app 'api' is declared twice (also at  # expect: applications[api].routing | routing key already used by app 'api' | 'api.example.com/api' # expect: applications[api].source.path | no such file or directory next to the policy file | 'api-src'
+api_again = Application(  # expect: applications[api].name | app 'api' is declared twice (also at
     name="api",
     owner=ACME,
-    routing=Routing(hosts=["api.example.com"], path_prefix="/api"),
-    source=Source(path="api-src"),  # a missing source is reported on the app's line
+    routing=Routing(hosts=["api.example.com"], path_prefix="/api"),  # expect: applications[api].routing | routing key already used by app 'api' | 'api.example.com/api'
+    source=Source(path="api-src"),  # a missing source is reported on its Source line # expect: applications[api].source.path | no such file or directory next to the policy file | 'api-src'
     **COMMON,
 )
 
-shop = Application(  # expect: applications[shop].routing | routing key already used by app 'api' | 'shop.example.com/api' # expect: applications[shop].owner | owner 'acme' is declared twice with different details # expect: applications[shop].source.path | no such file or directory next to the policy file
+shop = Application(
     name="shop",
-    owner=Owner(id="acme", organisation="Acme Ltd"),
-    routing=Routing(hosts=["shop.example.com"], path_prefix="/api"),
-    source=Source(path="shop-src"),
+    owner=Owner(id="acme", organisation="Acme Ltd"),  # expect: applications[shop].owner | owner 'acme' is declared twice with different details
+    routing=Routing(hosts=["shop.example.com"], path_prefix="/api"),  # expect: applications[shop].routing | routing key already used by app 'api' | 'shop.example.com/api'
+    source=Source(path="shop-src"),  # expect: applications[shop].source.path | no such file or directory next to the policy file
     **COMMON,
 )
 
@@ -77,10 +77,10 @@ anywhere = Application(
     **COMMON,
 )
 
-anywhere_too = Application(  # expect: applications[everywhere].routing | routing key already used by app 'anywhere' | '*/' # expect: applications[everywhere].budget | valid dictionary or instance of Budget | '20 EUR'
+anywhere_too = Application(  # expect: applications[everywhere].budget | valid dictionary or instance of Budget | '20 EUR'
     name="everywhere",
     owner=ACME,
-    routing=Routing(path_prefix="/"),
+    routing=Routing(path_prefix="/"),  # expect: applications[everywhere].routing | routing key already used by app 'anywhere' | '*/'
     source=Source(path="."),
     tiers=[Tier(name="web", command="python app.py")],
     distribution=Distribution(max=2),

@@ -41,29 +41,29 @@ network = EdgeNetwork(  # expect: network.slot_network | too small: every server
     slot_network="10.64.0.0/23",  # 5 servers need a /21 (a finding about the network itself)
 )
 
-lost = Application(  # expect: applications[lost].distribution.regions[0] | unknown region # expect: applications[lost].distribution.regions[1] | no edgepoint of the network is in this region # expect: applications[lost].load_test.regions[0] | unknown region # expect: applications[lost].budget.monthly | the network prices in USD
+lost = Application(
     name="lost",
     version="2.1",
     owner=Owner(id="acme"),
     routing=Routing(hosts=["lost.example.com"]),
     source=Source(path="."),
     tiers=[Tier(name="web", command="python app.py")],
-    distribution=Distribution(regions=["atlantis", "lab"], max=2),
+    distribution=Distribution(regions=["atlantis", "lab"], max=2),  # expect: applications[lost].distribution.regions[0] | unknown region # expect: applications[lost].distribution.regions[1] | no edgepoint of the network is in this region
     sla=SLA(max_response_ms=200, users_per_instance=10),
-    budget=Budget(monthly="20 EUR"),
-    load_test=LoadTest(
+    budget=Budget(monthly="20 EUR"),  # expect: applications[lost].budget.monthly | the network prices in USD
+    load_test=LoadTest(  # expect: applications[lost].load_test.regions[0] | unknown region
         users=10, spawn_rate=1, duration_s=60, regions=["narnia"], paths=[WeightedPath(path="/")]
     ),
 )
 
-pinned = Application(  # expect: applications[pinned].distribution.edgepoints[1] | the network has no such edgepoint
+pinned = Application(
     name="pinned",
     version="1.0",
     owner=Owner(id="acme"),
     routing=Routing(hosts=["pinned.example.com"]),
     source=Source(path="."),
     tiers=[Tier(name="web", command="python app.py")],
-    distribution=Distribution(edgepoints=["fra", "paris"], max=2),
+    distribution=Distribution(edgepoints=["fra", "paris"], max=2),  # expect: applications[pinned].distribution.edgepoints[1] | the network has no such edgepoint
     sla=SLA(max_response_ms=200, users_per_instance=10),
     budget=Budget(monthly="20 USD"),
 )

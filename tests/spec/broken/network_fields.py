@@ -43,14 +43,14 @@ network = EdgeNetwork(  # expect: network.origin | valid URL # expect: network.o
 
 peaky = PeakWindow(start="08:00", end="20:00", multiplier="0.5", timezone="Mars/Olympus")  # expect: PeakWindow.multiplier | greater than or equal to 1 # expect: PeakWindow.timezone | IANA time zone
 
-app = Application(  # expect: applications[app].cleave.origin[1] | overlaps edge/origin route GET /v?/* | 'GET /v*/x'
+app = Application(
     name="app",
     version="1.0",
     owner=Owner(id="acme"),
     routing=Routing(hosts=["*.example.com"], path_prefix="/app*"),  # expect: applications[app].routing.path_prefix | takes no wildcards
     source=Source(path="."),
     tiers=[Tier(name="web", command="python app.py", env={"2FA": "on"})],  # expect: applications[app].tiers[0].env | '2FA' is not an environment variable name
-    cleave=Cleave(edge=["GET /v?/*"], origin=["GET /v1*", "GET /v*/x"]),
+    cleave=Cleave(edge=["GET /v?/*"], origin=["GET /v1*", "GET /v*/x"]),  # expect: applications[app].cleave.origin[1] | overlaps edge/origin route GET /v?/* | 'GET /v*/x'
     distribution=Distribution(min=1, max=4, regions=["nowhere"]),
     sla=SLA(max_response_ms=0, users_per_instance=10),  # expect: applications[app].sla.max_response_ms | greater than or equal to 1
     budget=Budget(monthly=dict(amount="-5", currency="EUR")),  # expect: applications[app].budget.monthly.amount | greater than or equal to 0
