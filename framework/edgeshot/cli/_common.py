@@ -45,10 +45,10 @@ def load_spec(file: Path) -> Any:
         return load(file)
     except SpecError as exc:
         n = len(exc.problems)
-        _err.print(f"[bold red]{escape(str(file))}: {n} problem{'s' if n != 1 else ''}[/]",
+        err.print(f"[bold red]{escape(str(file))}: {n} problem{'s' if n != 1 else ''}[/]",
                    highlight=False, soft_wrap=True)
         for problem in exc.problems:
-            _err.print(f"  {problem}", highlight=False, soft_wrap=True, markup=False)
+            err.print(f"  {problem}", highlight=False, soft_wrap=True, markup=False)
         raise typer.Exit(1) from None
 
 
