@@ -30,7 +30,7 @@ from edgeshot.plan import (
 )
 from edgeshot.spec import Spec, SpecError, load
 
-from . import appshot, network, remote
+from . import appshot, gitops, network, remote
 from ._common import fail
 from .agent import agent, token
 from .bill import bill
@@ -45,6 +45,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(appshot.app, name="appshot")
+app.add_typer(gitops.app, name="gitops")
 # Services (what systemd runs on servers; `edgeshot up` runs them here).
 app.command(rich_help_panel="Services")(agent)
 app.command(rich_help_panel="Services")(edge)
