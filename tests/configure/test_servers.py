@@ -7,6 +7,7 @@ session's first run (conftest.first_run)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -182,6 +183,26 @@ def test_second_run_changes_nothing(first_run, inventory, configure_kwargs):
     assert outs["changed"] == 0, {n: h for n, h in outs["hosts"].items() if h["changed"]}
     assert {h["status"] for h in outs["hosts"].values()} == {"ok"}
     assert p.diff("lab-configuration", outs, props).changes is False
+
+
+def test_check_mode_with_diff_changes_nothing(first_run, inventory, configure_kwargs,
+                                              stack_secrets):
+    """`edgeshot configure --check --diff`: every role runs in Ansible's check mode on the
+    configured servers (its argument specs validated first), finds nothing to change, and
+    no diff shows a secret."""
+    from edgeshot.configure import configure
+    events: list[dict] = []
+    r = configure(inventory, check=True, diff=True, progress=False, on_event=events.append,
+                  **configure_kwargs)
+    assert r.ok and r.failed_hosts == [], r.summary()
+    assert {h.status for h in r.hosts.values()} == {"ok"}, {
+        n: (h.status, h.errors) for n, h in r.hosts.items() if h.status != "ok"}
+    tasks = {(e.get("event_data") or {}).get("task", "") for e in events}
+    assert any(t.startswith("Validating arguments against arg spec 'main'") for t in tasks)
+    text = json.dumps(events, default=str)
+    for name in ("edgeAgentToken", "controllerAgentToken", "controllerEdgeToken"):
+        assert stack_secrets[name] not in text, name
+    assert stack_secrets["signingKey"].splitlines()[1] not in text
 
 
 def test_unreachable_server_is_reported_and_excluded(first_run, lab, lab_dir, inventory,

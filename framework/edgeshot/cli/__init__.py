@@ -31,6 +31,7 @@ from edgeshot.plan import (
 from edgeshot.spec import Spec, SpecError, load
 
 from . import appshot, gitops, network, remote
+from . import configure as configuration
 from ._common import fail
 from .agent import agent, token
 from .bill import bill
@@ -59,6 +60,9 @@ app.command(rich_help_panel="Network")(network.deploy)
 app.command(rich_help_panel="Network")(network.rollback)
 app.command(rich_help_panel="Network")(network.demo)
 app.command(rich_help_panel="Network")(bill)
+# The configuration step alone (Ansible), on servers that exist.
+app.command("configure", rich_help_panel="Servers")(configuration.configure)
+app.command("inventory", rich_help_panel="Servers")(configuration.inventory)
 # Remote control of the servers (Fabric over SSH).
 remote.register(app)
 

@@ -25,6 +25,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ._common import fail
+
 out = Console()
 err = Console(stderr=True)
 
@@ -46,8 +48,7 @@ def _fleet(inventory: Path, key: Path | None, user: str | None, known_hosts: Pat
     try:
         return Fleet(inventory, key_filename=key, user=user, known_hosts=known_hosts)
     except InventoryError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-        raise typer.Exit(1) from None
+        raise fail(str(exc)) from None  # soft-wrapped: paths stay whole
 
 
 def _targets(fleet, target: str | None) -> None:
@@ -55,8 +56,7 @@ def _targets(fleet, target: str | None) -> None:
     try:
         fleet.hosts(target)
     except InventoryError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-        raise typer.Exit(1) from None
+        raise fail(str(exc)) from None  # soft-wrapped: paths stay whole
 
 
 def ssh(
@@ -74,8 +74,7 @@ def ssh(
     try:
         fleet.inventory.host(server)
     except InventoryError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-        raise typer.Exit(1) from None
+        raise fail(str(exc)) from None  # soft-wrapped: paths stay whole
     if command:
         res = fleet.run(" ".join(command), server)[server]
         sys.stdout.write(res.stdout)
@@ -124,8 +123,7 @@ def logs(
                     out.print(f"[cyan]{escape(name)}[/] {escape(line)}", highlight=False,
                               soft_wrap=True)
     except ValueError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-        raise typer.Exit(1) from None
+        raise fail(str(exc)) from None  # soft-wrapped: paths stay whole
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     failed = {n: r for n, r in results.items() if not r.ok}
@@ -177,8 +175,7 @@ def push(
     try:
         results = fleet.push_appshot(tarball, name, on)
     except ValueError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
-        raise typer.Exit(1) from None
+        raise fail(str(exc)) from None  # soft-wrapped: paths stay whole
     table = Table(title=f"appshot {escape(name)}", title_justify="left")
     for col in ("server", "result", "detail"):
         table.add_column(col)

@@ -323,10 +323,13 @@ def _print_inventory(inventory: dict[str, Any], path: Path) -> None:
               "in the state's workspace)", highlight=False)
 
 
-def _configure(plan: Plan, outputs: dict[str, Any], private_key: Path | None, state: Path,
-               stack_name: str, home: Path) -> Outcome:
-    """site.yml over the stack's servers; the progress view ends with the per-server table
-    and the edgepoints kept out of routing."""
+def configure_servers(plan: Plan, inventory: Any, secrets: dict[str, str],
+                      signing_public_key: str, private_key: Path | None, known_hosts: Path,
+                      home: Path, **options: Any) -> Any:
+    """site.yml over the inventory's servers with this edgeshot (as wheels from its source
+    tree, else the same version from the servers' index) and the cached CRIU build; the
+    progress view ends with the per-server table. ``options``: ``check``, ``diff``,
+    ``limit``, ``on_event``… for `configure`. Returns the ConfigureResult."""
     from edgeshot.configure import build_wheelhouse, configure, source_tree
 
     cache = cache_dir(dict(os.environ), home)
@@ -340,10 +343,18 @@ def _configure(plan: Plan, outputs: dict[str, Any], private_key: Path | None, st
             cache / f"wheelhouse-py{sys.version_info[0]}{sys.version_info[1]}", project)
     else:  # installed from a package: the servers' package index has it too
         kwargs["pip_spec"] = f"edgeshot=={metadata.version('edgeshot')}"
-    result = configure(
-        outputs["inventory"].value, plan, secrets=outputs["secrets"].value,
-        signing_public_key=outputs["signing_public_key"].value, ssh_key=private_key,
-        known_hosts=state / f"{stack_name}.known_hosts", progress=out, **kwargs)
+    return configure(inventory, plan, secrets=secrets, signing_public_key=signing_public_key,
+                     ssh_key=private_key, known_hosts=known_hosts, progress=out,
+                     **kwargs, **options)
+
+
+def _configure(plan: Plan, outputs: dict[str, Any], private_key: Path | None, state: Path,
+               stack_name: str, home: Path) -> Outcome:
+    """site.yml over the stack's servers; the edgepoints kept out of routing."""
+    result = configure_servers(
+        plan, outputs["inventory"].value, outputs["secrets"].value,
+        outputs["signing_public_key"].value, private_key, state / f"{stack_name}.known_hosts",
+        home)
     return outcome(result.summary())
 
 
