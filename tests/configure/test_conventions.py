@@ -216,11 +216,13 @@ def test_edgeshot_configure_passes_check_diff_and_limit(tmp_path, plan, secrets_
     stack.write_text(json.dumps(inventory_from_plan(plan, ADDRS).model_dump(mode="json")))
     r = CliRunner().invoke(app, ["configure", str(HERE / "lab_policy.py"), "-i", str(stack),
                                  "--secrets", str(secrets_file), "--check", "--diff",
-                                 "--limit", "north", "--limit", "controller"])
+                                 "--limit", "north", "--limit", "controller",
+                                 "-e", '{"a": 1, "b": 2}', "-e", "b=3"])
     assert r.exit_code == 0, r.output
     assert seen["check"] is True and seen["diff"] is True
     assert seen["limit"] == ["north-1", "north-2", "controller"]
     assert seen["on_event"] is not None
+    assert seen["extra_vars"] == {"a": 1, "b": "3"}
     assert seen["public"].startswith("-----BEGIN PUBLIC KEY-----")
     assert "1 server(s) would change, 0 failed" in " ".join(r.output.split())
     assert "a" * 40 not in r.output
@@ -228,6 +230,9 @@ def test_edgeshot_configure_passes_check_diff_and_limit(tmp_path, plan, secrets_
 
 @pytest.mark.parametrize("args, mode, message", [
     ([], 0o600, "pass --secrets FILE"),
+    (["--secrets", "{f}", "-e", "novalue"], 0o600, "-e novalue: expected @FILE"),
+    (["--secrets", "{f}", "-e", "@/nonexistent.yml"], 0o600, "-e /nonexistent.yml: No such"),
+    (["--secrets", "{f}", "-e", "[1]"], 0o600, "-e [1]: expected @FILE"),
     (["--secrets", "{f}"], 0o644, "readable by others"),
     (["--secrets", "{f}", "--limit", "east"], 0o600, "'east' is neither a server"),
     (["--vault-file", "{f}"], 0o600, "--vault-file needs --vault-password-file"),

@@ -205,6 +205,31 @@ def test_check_mode_with_diff_changes_nothing(first_run, inventory, configure_kw
     assert stack_secrets["signingKey"].splitlines()[1] not in text
 
 
+def test_cli_configure_check_on_one_server(first_run, lab, lab_dir, inventory,
+                                           configure_kwargs, stack_secrets):
+    """`edgeshot configure --check --diff --limit north-2`, the command a user runs, on
+    the configured lab: nothing would change there."""
+    from typer.testing import CliRunner
+
+    from edgeshot.cli import app
+    kw = configure_kwargs
+    inv_file = lab_dir / "inventory.json"
+    inv_file.write_text(json.dumps(inventory.model_dump(mode="json")))
+    secrets_file = lab_dir / "secrets.json"
+    secrets_file.write_text(json.dumps(kw["secrets"]))
+    secrets_file.chmod(0o600)
+    extra = lab_dir / "extra.json"
+    extra.write_text(json.dumps(kw["extra_vars"]))
+    r = CliRunner().invoke(app, [
+        "configure", str(Path(__file__).parent / "lab_policy.py"), "-i", str(inv_file),
+        "--secrets", str(secrets_file), "--key", str(kw["ssh_key"]), "--known-hosts",
+        str(kw["known_hosts"]), "--check", "--diff", "--limit", "north-2", "-e", f"@{extra}"])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 0, r.output[-3000:]
+    assert "0 server(s) would change, 0 failed" in text
+    assert stack_secrets["edgeAgentToken"] not in r.output
+
+
 def test_unreachable_server_is_reported_and_excluded(first_run, lab, lab_dir, inventory,
                                                      configure_kwargs, stack_secrets):
     """South-1 loses its network; the run goes on for the others and keeps south out of

@@ -70,6 +70,34 @@ def _secrets(path: Path | None) -> dict[str, str]:
     return {n: str(data[n]) for n in SECRET_NAMES}
 
 
+def _extra_vars(items: list[str] | None) -> dict[str, Any]:
+    """``-e`` as ansible-playbook reads it: ``@FILE`` (YAML or JSON), a JSON object, or
+    ``key=value``; later ones win."""
+    import yaml
+
+    merged: dict[str, Any] = {}
+    for item in items or []:
+        where = item
+        try:
+            if item.startswith("@"):
+                where = item[1:]
+                value = yaml.safe_load(Path(where).read_text())
+            elif item.lstrip().startswith("{"):
+                value = json.loads(item)
+            else:
+                key, sep, val = item.partition("=")
+                if not sep or not key:
+                    raise ValueError("expected @FILE, a JSON object or key=value")
+                value = {key: val}
+        except (OSError, ValueError, yaml.YAMLError) as exc:
+            raise fail(f"-e {where}: {getattr(exc, 'strerror', None) or exc}") from None
+        if not isinstance(value, dict):
+            raise fail(f"-e {where}: expected variables (an object), got "
+                       f"{type(value).__name__}")
+        merged |= value
+    return merged
+
+
 def print_diff(event: dict[str, Any]) -> None:
     """Show the diff of a changed (or, in check mode, would-change) task; tasks handling
     secrets (no_log) carry none."""
@@ -115,10 +143,14 @@ def configure(
     limit: Annotated[list[str] | None, typer.Option(
         "--limit", help="Only these: a server, an edgepoint or 'controller' (repeat, or "
         "separate with commas).")] = None,
+    extra_vars: Annotated[list[str] | None, typer.Option(
+        "--extra-vars", "-e", help="Role variables: @FILE (YAML/JSON), a JSON object or "
+        "key=value (repeat).")] = None,
 ) -> None:
     """Configure the network's servers (site.yml) without provisioning anything."""
     plan, inv = _plan_and_inventory(file, inventory)
     tokens = _secrets(secrets)
+    variables = _extra_vars(extra_vars)
     if not tokens and not vault_file:
         raise fail("the servers need the network's tokens: pass --secrets FILE (the stack's "
                    "`secrets` output) or --vault-file FILE --vault-password-file FILE")
@@ -148,7 +180,8 @@ def configure(
             plan, inv, tokens, public, key, known_hosts or (
                 home / ".config" / "edgeshot" / "known_hosts"), home,
             check=check, diff=diff, limit=names, on_event=print_diff if diff else None,
-            vault_file=vault_file, vault_password_file=vault_password_file)
+            vault_file=vault_file, vault_password_file=vault_password_file,
+            extra_vars=variables)
     except (InventoryError, FileNotFoundError, ValueError, RuntimeError) as exc:
         raise fail(f"configuring the servers failed: {exc}") from None
     if check:
