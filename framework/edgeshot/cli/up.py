@@ -49,8 +49,7 @@ from rich.table import Table
 
 from edgeshot.configure import Outcome, outcome
 from edgeshot.plan import Plan, compile_plan
-from edgeshot.spec import SpecError, load
-from edgeshot.spec._models import check_backend, check_secrets_provider
+from edgeshot.spec import SpecError, check_backend, check_secrets_provider, load
 
 out = Console()
 err = Console(stderr=True)
@@ -116,13 +115,14 @@ def resolve_state(file: Path, provider: Any, state_dir: Path | None,
     secrets_chosen = [("PULUMI_SECRETS_PROVIDER", env.get("PULUMI_SECRETS_PROVIDER") or None),
                       ("policy", getattr(provider, "secrets_provider", None))]
     secrets_source, secrets = next(((s, v) for s, v in secrets_chosen if v), ("default", None))
-    for name, value, check in (("PULUMI_BACKEND_URL", backend, check_backend),
-                               ("PULUMI_SECRETS_PROVIDER", secrets, check_secrets_provider)):
-        if value and (source if check is check_backend else secrets_source) != "policy":
+    # the policy's values were checked when it loaded; the environment's are checked here
+    for name, check in (("PULUMI_BACKEND_URL", check_backend),
+                        ("PULUMI_SECRETS_PROVIDER", check_secrets_provider)):
+        if name in (source, secrets_source):
             try:
-                check(value)
+                check(env[name])
             except ValueError as exc:
-                problems.append(f"{name}={value!r}: {exc}")
+                problems.append(f"{name}={env[name]!r}: {exc}")
     if secrets is None:  # Pulumi Cloud encrypts with its own key; elsewhere, a passphrase
         secrets = "default" if backend.startswith("https://") else "passphrase"
     if problems:

@@ -49,6 +49,8 @@ from ._models import (
     Tier,
     WarmupRequest,
     WeightedPath,
+    check_backend,
+    check_secrets_provider,
 )
 
 
@@ -121,6 +123,8 @@ __all__ = [
     "Tier",
     "WarmupRequest",
     "WeightedPath",
+    "check_backend",
+    "check_secrets_provider",
     "instance_month",
     "load",
     "money",
