@@ -204,7 +204,8 @@ def test_edgeshot_configure_passes_check_diff_and_limit(tmp_path, plan, secrets_
     up = importlib.import_module("edgeshot.cli.up")
     seen = {}
 
-    def fake(plan_, inventory, secrets, public, key, known_hosts, home, **options):
+    def fake(plan_, inventory, secrets, public, key, known_hosts, home, *, wheelhouse=None,
+             criu_binary=None, **options):
         seen.update(secrets=secrets, public=public, key=key, **options)
         hosts = {n: HostResult(name=n, status="changed" if n == "north-1" else "ok")
                  for n in options["limit"]}

@@ -223,7 +223,8 @@ def test_cli_configure_check_on_one_server(first_run, lab, lab_dir, inventory,
     r = CliRunner().invoke(app, [
         "configure", str(Path(__file__).parent / "lab_policy.py"), "-i", str(inv_file),
         "--secrets", str(secrets_file), "--key", str(kw["ssh_key"]), "--known-hosts",
-        str(kw["known_hosts"]), "--check", "--diff", "--limit", "north-2", "-e", f"@{extra}"])
+        str(kw["known_hosts"]), "--check", "--diff", "--limit", "north-2", "-e", f"@{extra}",
+        "--wheelhouse", str(kw["wheelhouse"]), "--criu-binary", str(kw["criu_binary"])])
     text = " ".join(r.output.split())
     assert r.exit_code == 0, r.output[-3000:]
     assert "0 server(s) would change, 0 failed" in text

@@ -146,6 +146,12 @@ def configure(
     extra_vars: Annotated[list[str] | None, typer.Option(
         "--extra-vars", "-e", help="Role variables: @FILE (YAML/JSON), a JSON object or "
         "key=value (repeat).")] = None,
+    wheelhouse: Annotated[Path | None, typer.Option(
+        "--wheelhouse", file_okay=False, help="Install edgeshot from these wheels as they are "
+        "(default: this edgeshot, built into the cache).")] = None,
+    criu_binary: Annotated[Path | None, typer.Option(
+        "--criu-binary", dir_okay=False, help="The CRIU to copy to the agents (default: the "
+        "newest one scripts/setup.d built into the cache).")] = None,
 ) -> None:
     """Configure the network's servers (site.yml) without provisioning anything."""
     plan, inv = _plan_and_inventory(file, inventory)
@@ -181,7 +187,7 @@ def configure(
                 home / ".config" / "edgeshot" / "known_hosts"), home,
             check=check, diff=diff, limit=names, on_event=print_diff if diff else None,
             vault_file=vault_file, vault_password_file=vault_password_file,
-            extra_vars=variables)
+            extra_vars=variables, wheelhouse=wheelhouse, criu_binary=criu_binary)
     except (InventoryError, FileNotFoundError, ValueError, RuntimeError) as exc:
         raise fail(f"configuring the servers failed: {exc}") from None
     if check:

@@ -325,20 +325,24 @@ def _print_inventory(inventory: dict[str, Any], path: Path) -> None:
 
 def configure_servers(plan: Plan, inventory: Any, secrets: dict[str, str],
                       signing_public_key: str, private_key: Path | None, known_hosts: Path,
-                      home: Path, **options: Any) -> Any:
+                      home: Path, *, wheelhouse: Path | None = None,
+                      criu_binary: Path | None = None, **options: Any) -> Any:
     """site.yml over the inventory's servers with this edgeshot (as wheels from its source
     tree, else the same version from the servers' index) and the cached CRIU build; the
-    progress view ends with the per-server table. ``options``: ``check``, ``diff``,
-    ``limit``, ``on_event``… for `configure`. Returns the ConfigureResult."""
+    progress view ends with the per-server table. ``wheelhouse``, ``criu_binary``: use
+    these as they are instead. ``options``: ``check``, ``diff``, ``limit``, ``on_event``…
+    for `configure`. Returns the ConfigureResult."""
     from edgeshot.configure import build_wheelhouse, configure, source_tree
 
     cache = cache_dir(dict(os.environ), home)
-    kwargs: dict[str, Any] = criu_source(cache)
+    kwargs: dict[str, Any] = {"criu_binary": criu_binary} if criu_binary else criu_source(cache)
     try:
         project: Path | None = source_tree()
     except FileNotFoundError:
         project = None
-    if project is not None:  # this edgeshot, as wheels (the servers need this Python minor)
+    if wheelhouse is not None:
+        kwargs["wheelhouse"] = wheelhouse
+    elif project is not None:  # this edgeshot, as wheels (the servers need this Python minor)
         kwargs["wheelhouse"] = build_wheelhouse(
             cache / f"wheelhouse-py{sys.version_info[0]}{sys.version_info[1]}", project)
     else:  # installed from a package: the servers' package index has it too
