@@ -138,11 +138,14 @@ def signing_public_key(stack_secrets):
 
 
 @pytest.fixture(scope="session")
-def wheelhouse():
-    """edgeshot (fresh) and its dependencies (cached) as wheels: the servers reach no index."""
+def wheelhouse(lab_dir):
+    """edgeshot (fresh) and its dependencies (cached) as wheels: the servers reach no index.
+    The session keeps its own copy: the cache is shared with other runs (other checkouts,
+    `edgeshot up`), which rebuild its edgeshot wheel, and a run must see one wheelhouse."""
     from edgeshot.configure import build_wheelhouse
-    return build_wheelhouse(S.CACHE.parent / f"wheelhouse-py{sys.version_info[0]}"
-                            f"{sys.version_info[1]}", REPO)
+    shared = build_wheelhouse(S.CACHE.parent / f"wheelhouse-py{sys.version_info[0]}"
+                              f"{sys.version_info[1]}", REPO)
+    return Path(shutil.copytree(shared, lab_dir / "wheelhouse"))
 
 
 @pytest.fixture(scope="session")

@@ -14,12 +14,15 @@ PLAYBOOKS = Path(__file__).resolve().parents[2] / "playbooks"
 
 
 def test_ansible_lint_production_profile():
+    """Plain `ansible-lint` at the top of the repository: its .ansible-lint asks for the
+    production profile, offline, and leaves out everything that is not Ansible."""
     lint = Path(sys.executable).parent / "ansible-lint"
     proc = subprocess.run(
-        [str(lint), "--offline", "--profile", "production", "--nocolor", str(PLAYBOOKS)],
+        [str(lint), "--nocolor"],
         capture_output=True, text=True, timeout=240, cwd=PLAYBOOKS.parent)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "Profile 'production' was required, and it passed" in proc.stderr + proc.stdout
+    assert "galaxy.yml" not in proc.stdout  # the collection's metadata passes too
 
 
 def test_site_yml_includes_every_role():

@@ -7,6 +7,7 @@ session's first run (conftest.first_run)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import time
 from pathlib import Path
@@ -182,6 +183,52 @@ def test_second_run_changes_nothing(first_run, inventory, configure_kwargs):
     assert outs["changed"] == 0, {n: h for n, h in outs["hosts"].items() if h["changed"]}
     assert {h["status"] for h in outs["hosts"].values()} == {"ok"}
     assert p.diff("lab-configuration", outs, props).changes is False
+
+
+def test_check_mode_with_diff_changes_nothing(first_run, inventory, configure_kwargs,
+                                              stack_secrets):
+    """`edgeshot configure --check --diff`: every role runs in Ansible's check mode on the
+    configured servers (its argument specs validated first), finds nothing to change, and
+    no diff shows a secret."""
+    from edgeshot.configure import configure
+    events: list[dict] = []
+    r = configure(inventory, check=True, diff=True, progress=False, on_event=events.append,
+                  **configure_kwargs)
+    assert r.ok and r.failed_hosts == [], r.summary()
+    assert {h.status for h in r.hosts.values()} == {"ok"}, {
+        n: (h.status, h.errors) for n, h in r.hosts.items() if h.status != "ok"}
+    tasks = {(e.get("event_data") or {}).get("task", "") for e in events}
+    assert any(t.startswith("Validating arguments against arg spec 'main'") for t in tasks)
+    text = json.dumps(events, default=str)
+    for name in ("edgeAgentToken", "controllerAgentToken", "controllerEdgeToken"):
+        assert stack_secrets[name] not in text, name
+    assert stack_secrets["signingKey"].splitlines()[1] not in text
+
+
+def test_cli_configure_check_on_one_server(first_run, lab, lab_dir, inventory,
+                                           configure_kwargs, stack_secrets):
+    """`edgeshot configure --check --diff --limit north-2`, the command a user runs, on
+    the configured lab: nothing would change there."""
+    from typer.testing import CliRunner
+
+    from edgeshot.cli import app
+    kw = configure_kwargs
+    inv_file = lab_dir / "inventory.json"
+    inv_file.write_text(json.dumps(inventory.model_dump(mode="json")))
+    secrets_file = lab_dir / "secrets.json"
+    secrets_file.write_text(json.dumps(kw["secrets"]))
+    secrets_file.chmod(0o600)
+    extra = lab_dir / "extra.json"
+    extra.write_text(json.dumps(kw["extra_vars"]))
+    r = CliRunner().invoke(app, [
+        "configure", str(Path(__file__).parent / "lab_policy.py"), "-i", str(inv_file),
+        "--secrets", str(secrets_file), "--key", str(kw["ssh_key"]), "--known-hosts",
+        str(kw["known_hosts"]), "--check", "--diff", "--limit", "north-2", "-e", f"@{extra}",
+        "--wheelhouse", str(kw["wheelhouse"]), "--criu-binary", str(kw["criu_binary"])])
+    text = " ".join(r.output.split())
+    assert r.exit_code == 0, r.output[-3000:]
+    assert "0 server(s) would change, 0 failed" in text
+    assert stack_secrets["edgeAgentToken"] not in r.output
 
 
 def test_unreachable_server_is_reported_and_excluded(first_run, lab, lab_dir, inventory,

@@ -31,7 +31,7 @@ TOKENS = {
 }
 CLOUD_TOKENS = {"hetzner": ("hcloud:token", "hcloud-api-token-" + "h" * 48),
                 "digitalocean": ("digitalocean:token", "dop_v1_" + "d" * 56)}
-# The stack templates' example key (Pulumi.shop.yaml), so their runs and ours build the same.
+# An example operators key (the runs of the stack templates and of program() use the same).
 SSH_KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOPERATORKEYEXAMPLEONLYREPLACEWITHYOURS "
            "ops@example.com")
 

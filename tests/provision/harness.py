@@ -31,6 +31,8 @@ class Res:
     id: str
     custom: bool
     state: dict[str, Any] = field(default_factory=dict)  # inputs and outputs, as the mock cloud answered
+    protect: bool = False            # resource options, as the engine receives them
+    ignore_changes: tuple[str, ...] = ()
 
     @property
     def parent_name(self) -> str:
@@ -86,7 +88,8 @@ class _Monitor(MockMonitor):
             rec = self.resources[response.urn]
             inputs = pulumi.runtime.rpc.deserialize_properties(request.object)
             self.registered.append(Res(request.type, request.name, response.urn, request.parent,
-                                       inputs, rec.id, request.custom, dict(rec.state or {})))
+                                       inputs, rec.id, request.custom, dict(rec.state or {}),
+                                       bool(request.protect), tuple(request.ignoreChanges)))
         return response
 
     def RegisterResourceOutputs(self, request):  # noqa: N802 (gRPC name)

@@ -32,14 +32,15 @@ from edgeshot.plan import (
 )
 from edgeshot.spec import Spec, SpecError, load
 
-from . import appshot, network, remote
+from . import appshot, gitops, network, remote
+from . import configure as configuration
 from ._common import FormatOpt, OutputFormat, err, fail, load_spec, print_json
 from .agent import agent, token
 from .bill import bill
 from .edge import edge
 from .monitoring import monitoring
-from .up import _state_dir as cloud_state_dir
 from .up import cloud_destroy, cloud_up, print_resources
+from .up import state_workdir as cloud_state_dir
 
 app = typer.Typer(
     name="edgeshot",
@@ -49,6 +50,7 @@ app = typer.Typer(
     add_completion=True,  # --install-completion / --show-completion (bash, zsh, fish, pwsh)
 )
 app.add_typer(appshot.app, name="appshot")
+app.add_typer(gitops.app, name="gitops")
 # Services (what systemd runs on servers; `edgeshot up` runs them here).
 app.command(rich_help_panel="Services")(agent)
 app.command(rich_help_panel="Services")(edge)
@@ -63,6 +65,9 @@ app.command(rich_help_panel="Network")(network.rollback)
 app.command(rich_help_panel="Network")(network.demo)
 app.command(rich_help_panel="Network")(bill)
 app.command(rich_help_panel="Network")(monitoring)
+# The configuration step alone (Ansible), on servers that exist.
+app.command("configure", rich_help_panel="Servers")(configuration.configure)
+app.command("inventory", rich_help_panel="Servers")(configuration.inventory)
 # Remote control of the servers (Fabric over SSH).
 remote.register(app)
 

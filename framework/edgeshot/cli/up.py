@@ -1,8 +1,11 @@
 """`edgeshot up FILE` for a cloud network (Hetzner, AWS, DigitalOcean).
 
 The same program as the stack templates (`edgeshot.provision.program`), run through
-Pulumi's Automation API with a local file backend next to the policy file
-(`.edgeshot/pulumi/`, or `--state-dir`). The Automation API drives the Pulumi CLI:
+Pulumi's Automation API. The state backend and secrets provider are Pulumi's own choices
+(`resolve_state`): `--state-dir` (a file backend), else PULUMI_BACKEND_URL /
+PULUMI_SECRETS_PROVIDER, else the policy's provider (`Hetzner(backend="s3://…",
+secrets_provider="awskms://…")`), else a file backend next to the policy file
+(`.edgeshot/pulumi/`) and a passphrase. The Automation API drives the Pulumi CLI:
 when it is missing, this says how to install it, together with every other problem
 found before anything starts. Tokens and the signing key are made on first use and
 kept, encrypted, in the stack's configuration; the inventory is written next to the
@@ -32,6 +35,7 @@ import os
 import secrets
 import shutil
 import sys
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any
@@ -45,7 +49,7 @@ from rich.table import Table
 
 from edgeshot.configure import Outcome, outcome
 from edgeshot.plan import Plan, compile_plan
-from edgeshot.spec import SpecError, load
+from edgeshot.spec import SpecError, check_backend, check_secrets_provider, load
 
 from ._common import err
 
@@ -64,6 +68,11 @@ INSTALL = (
     "    (Linux, macOS; Windows and package managers: https://www.pulumi.com/docs/install/), "
     "then run this again. Meanwhile `edgeshot plan FILE --resources` lists what it would create."
 )
+
+PROTECTED_HINT = (
+    "the controller's server is protected (it holds the usage ledger): keep a copy of "
+    "/var/lib/edgeshot-controller first, then `pulumi state unprotect --all` in the stack's workspace "
+    "and run `edgeshot destroy` again")
 
 
 def pulumi_path(env: dict[str, str] | None = None, home: Path | None = None) -> Path | None:
@@ -87,19 +96,88 @@ def default_ssh_key(home: Path) -> Path | None:
     return next((home / ".ssh" / k for k in SSH_KEYS if (home / ".ssh" / k).is_file()), None)
 
 
+@dataclass(frozen=True)
+class StateChoice:
+    """Where the stack's state lives and how its secrets are encrypted, and why."""
+
+    backend: str            # a Pulumi backend URL
+    secrets_provider: str   # passphrase | default | awskms://… | hashivault://… …
+    workdir: Path           # always local: the Automation API's workspace, inventory, host keys
+    source: str             # what chose the backend: --state-dir, PULUMI_BACKEND_URL, policy, default
+
+
+def state_workdir(file: Path, state_dir: Path | None) -> Path:
+    """Where `up` keeps its local files whatever the backend: the Automation API's
+    workspace, the inventory it wrote, the servers' host keys."""
+    return (state_dir or file.resolve().parent / ".edgeshot" / "pulumi").resolve()
+
+
+def resolve_state(file: Path, provider: Any, state_dir: Path | None,
+                  env: dict[str, str]) -> tuple[StateChoice | None, list[str]]:
+    """The backend and secrets provider of `up`: --state-dir, else the environment
+    (PULUMI_BACKEND_URL, PULUMI_SECRETS_PROVIDER), else the policy's provider, else a file
+    backend next to the policy file and a passphrase. Returns (choice, problems)."""
+    workdir = state_workdir(file, state_dir)
+    problems = []
+    chosen: list[tuple[str, str | None]] = [
+        ("--state-dir", f"file://{workdir}" if state_dir else None),
+        ("PULUMI_BACKEND_URL", env.get("PULUMI_BACKEND_URL") or None),
+        ("policy", getattr(provider, "backend", None)),
+        ("default", f"file://{workdir}")]
+    source, backend = next((s, b) for s, b in chosen if b)
+    secrets_chosen = [("PULUMI_SECRETS_PROVIDER", env.get("PULUMI_SECRETS_PROVIDER") or None),
+                      ("policy", getattr(provider, "secrets_provider", None))]
+    secrets_source, secrets = next(((s, v) for s, v in secrets_chosen if v), ("default", None))
+    # the policy's values were checked when it loaded; the environment's are checked here
+    for name, check in (("PULUMI_BACKEND_URL", check_backend),
+                        ("PULUMI_SECRETS_PROVIDER", check_secrets_provider)):
+        if name in (source, secrets_source):
+            try:
+                check(env[name])
+            except ValueError as exc:
+                problems.append(f"{name}={env[name]!r}: {exc}")
+    if secrets is None:  # Pulumi Cloud encrypts with its own key; elsewhere, a passphrase
+        secrets = "default" if backend.startswith("https://") else "passphrase"
+    if problems:
+        return None, problems
+    return StateChoice(backend, secrets, workdir, source), []
+
+
+def state_problems(choice: StateChoice, env: dict[str, str], home: Path) -> list[str]:
+    """What the chosen backend and secrets provider need and the environment lacks."""
+    problems = []
+    if choice.secrets_provider == "passphrase" and not env.get("PULUMI_CONFIG_PASSPHRASE") \
+            and not env.get("PULUMI_CONFIG_PASSPHRASE_FILE"):
+        problems.append(
+            "no passphrase for the stack's secrets: the state encrypts tokens and the "
+            "signing key with it. `export PULUMI_CONFIG_PASSPHRASE=…` (or "
+            "PULUMI_CONFIG_PASSPHRASE_FILE) and keep it: without it they cannot be read again "
+            "(or choose a KMS: PULUMI_SECRETS_PROVIDER=awskms://… / hashivault://…)")
+    if choice.secrets_provider.startswith("hashivault://"):
+        missing = [n for n in ("VAULT_SERVER_URL", "VAULT_SERVER_TOKEN") if not env.get(n)]
+        if missing:
+            problems.append(f"secrets provider {choice.secrets_provider}: export "
+                            f"{' and '.join(missing)} (Vault's address and a token)")
+    if choice.backend.startswith("https://") and not env.get("PULUMI_ACCESS_TOKEN") and not (
+            home / ".pulumi" / "credentials.json").is_file():
+        problems.append(f"backend {choice.backend}: no Pulumi Cloud login: export "
+                        "PULUMI_ACCESS_TOKEN (or run `pulumi login` once)")
+    if choice.secrets_provider == "default" and not choice.backend.startswith("https://"):
+        problems.append(f"secrets provider 'default' is Pulumi Cloud's own, but the backend is "
+                        f"{choice.backend}: choose passphrase or a KMS URL")
+    return problems
+
+
 def preflight(plan: Plan, env: dict[str, str] | None = None, ssh_key: Path | None = None,
-              home: Path | None = None) -> list[str]:
+              home: Path | None = None, state: StateChoice | None = None) -> list[str]:
     """Every reason `up` cannot start, found without running anything."""
     env = dict(os.environ) if env is None else env
     home = home or Path(env.get("HOME") or Path.home())
     problems = []
     if pulumi_path(env, home) is None:
         problems.append(INSTALL)
-    if not env.get("PULUMI_CONFIG_PASSPHRASE") and not env.get("PULUMI_CONFIG_PASSPHRASE_FILE"):
-        problems.append(
-            "no passphrase for the stack's secrets: the local state encrypts tokens and the "
-            "signing key with it. `export PULUMI_CONFIG_PASSPHRASE=…` (or "
-            "PULUMI_CONFIG_PASSPHRASE_FILE) and keep it: without it they cannot be read again")
+    state = state or StateChoice("file://", "passphrase", home, "default")
+    problems += state_problems(state, env, home)
     names = CREDENTIAL_ENV.get(plan.provider, ())
     if names and not any(env.get(n) for n in names):
         problems.append(f"no {plan.provider} API token: export {' or '.join(names)}")
@@ -195,22 +273,27 @@ def _fail(problems: list[str]) -> typer.Exit:
     return typer.Exit(1)
 
 
-def _load_cloud_plan(file: Path) -> Plan:
+def _load_cloud_plan(file: Path) -> tuple[Plan, Any]:
+    """The plan of a cloud network's policy file, and its spec provider (backend, secrets)."""
     try:
-        plan = compile_plan(load(file))
+        spec = load(file)
+        plan = compile_plan(spec)
     except SpecError as exc:
         raise _fail([str(p) for p in exc.problems]) from None
     if plan.provider == "local":
         raise _fail([f"network {plan.network!r} in {file} is local: run it on this machine "
                      f"with `edgeshot up --local {file}`"])
-    return plan
+    return plan, spec.network.provider
 
 
-def _state_dir(file: Path, state_dir: Path | None) -> Path:
-    return (state_dir or file.resolve().parent / ".edgeshot" / "pulumi").resolve()
+def _state(file: Path, provider: Any, state_dir: Path | None) -> StateChoice:
+    choice, problems = resolve_state(file, provider, state_dir, dict(os.environ))
+    if choice is None:
+        raise _fail(problems)
+    return choice
 
 
-def _stack(plan: Plan, file: Path, stack_name: str, state: Path) -> Any:
+def _stack(plan: Plan, file: Path, stack_name: str, state: StateChoice) -> Any:
     from pulumi import automation as auto
 
     from edgeshot.provision import program
@@ -224,14 +307,18 @@ def _stack(plan: Plan, file: Path, stack_name: str, state: Path) -> Any:
     except FileNotFoundError:
         raise _fail([INSTALL]) from None
     project = f"edgeshot-{plan.provider}"
-    work = state / project
+    work = state.workdir / project
     work.mkdir(parents=True, exist_ok=True)
+    if state.backend.startswith("file://"):
+        Path(state.backend.removeprefix("file://")).mkdir(parents=True, exist_ok=True)
     settings = auto.ProjectSettings(name=project, runtime="python",
-                                    backend=auto.ProjectBackend(url=f"file://{state}"))
+                                    backend=auto.ProjectBackend(url=state.backend))
     opts = auto.LocalWorkspaceOptions(
-        work_dir=str(work), project_settings=settings, secrets_provider="passphrase",
+        work_dir=str(work), project_settings=settings, secrets_provider=state.secrets_provider,
         pulumi_command=command,
-        env_vars={"EDGESHOT_POLICY_FILE": str(file.resolve()), "PULUMI_SKIP_UPDATE_CHECK": "true"})
+        # the CLI would let PULUMI_BACKEND_URL override the project's backend: say the same
+        env_vars={"EDGESHOT_POLICY_FILE": str(file.resolve()), "PULUMI_SKIP_UPDATE_CHECK": "true",
+                  "PULUMI_BACKEND_URL": state.backend})
     provider = plan.provider
     return auto.create_or_select_stack(stack_name, project_name=project,
                                        program=lambda: program(provider), opts=opts)
@@ -249,27 +336,42 @@ def _print_inventory(inventory: dict[str, Any], path: Path) -> None:
               "in the state's workspace)", highlight=False)
 
 
-def _configure(plan: Plan, outputs: dict[str, Any], private_key: Path | None, state: Path,
-               stack_name: str, home: Path) -> Outcome:
-    """site.yml over the stack's servers; the progress view ends with the per-server table
-    and the edgepoints kept out of routing."""
+def configure_servers(plan: Plan, inventory: Any, secrets: dict[str, str],
+                      signing_public_key: str, private_key: Path | None, known_hosts: Path,
+                      home: Path, *, wheelhouse: Path | None = None,
+                      criu_binary: Path | None = None, **options: Any) -> Any:
+    """site.yml over the inventory's servers with this edgeshot (as wheels from its source
+    tree, else the same version from the servers' index) and the cached CRIU build; the
+    progress view ends with the per-server table. ``wheelhouse``, ``criu_binary``: use
+    these as they are instead. ``options``: ``check``, ``diff``, ``limit``, ``on_event``…
+    for `configure`. Returns the ConfigureResult."""
     from edgeshot.configure import build_wheelhouse, configure, source_tree
 
     cache = cache_dir(dict(os.environ), home)
-    kwargs: dict[str, Any] = criu_source(cache)
+    kwargs: dict[str, Any] = {"criu_binary": criu_binary} if criu_binary else criu_source(cache)
     try:
         project: Path | None = source_tree()
     except FileNotFoundError:
         project = None
-    if project is not None:  # this edgeshot, as wheels (the servers need this Python minor)
+    if wheelhouse is not None:
+        kwargs["wheelhouse"] = wheelhouse
+    elif project is not None:  # this edgeshot, as wheels (the servers need this Python minor)
         kwargs["wheelhouse"] = build_wheelhouse(
             cache / f"wheelhouse-py{sys.version_info[0]}{sys.version_info[1]}", project)
     else:  # installed from a package: the servers' package index has it too
         kwargs["pip_spec"] = f"edgeshot=={metadata.version('edgeshot')}"
-    result = configure(
-        outputs["inventory"].value, plan, secrets=outputs["secrets"].value,
-        signing_public_key=outputs["signing_public_key"].value, ssh_key=private_key,
-        known_hosts=state / f"{stack_name}.known_hosts", progress=out, **kwargs)
+    return configure(inventory, plan, secrets=secrets, signing_public_key=signing_public_key,
+                     ssh_key=private_key, known_hosts=known_hosts, progress=out,
+                     **kwargs, **options)
+
+
+def _configure(plan: Plan, outputs: dict[str, Any], private_key: Path | None, state: Path,
+               stack_name: str, home: Path) -> Outcome:
+    """site.yml over the stack's servers; the edgepoints kept out of routing."""
+    result = configure_servers(
+        plan, outputs["inventory"].value, outputs["secrets"].value,
+        outputs["signing_public_key"].value, private_key, state / f"{stack_name}.known_hosts",
+        home)
     return outcome(result.summary())
 
 
@@ -278,7 +380,8 @@ def cloud_up(
     stack: Annotated[str | None, typer.Option(help="Stack name (default: the network's name).")]
     = None,
     state_dir: Annotated[Path | None, typer.Option(
-        "--state-dir", help="Pulumi state (default: .edgeshot/pulumi next to FILE).")] = None,
+        "--state-dir", help="Pulumi state in this directory (default: PULUMI_BACKEND_URL, the "
+        "policy's backend, or .edgeshot/pulumi next to FILE).")] = None,
     owner: Annotated[str | None, typer.Option(
         help="Who owns the servers (team or cost centre); kept for the next runs.")] = None,
     ssh_key: Annotated[Path | None, typer.Option(
@@ -290,15 +393,15 @@ def cloud_up(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Apply without asking.")] = False,
 ) -> None:
     """Create or update a cloud network's servers from its policy file (Pulumi Automation API)."""
-    plan = _load_cloud_plan(file)
+    plan, provider = _load_cloud_plan(file)
     home = Path(os.environ.get("HOME") or Path.home())
-    problems = preflight(plan, ssh_key=ssh_key, home=home)
+    state = _state(file, provider, state_dir)
+    problems = preflight(plan, ssh_key=ssh_key, home=home, state=state)
     key_file = ssh_key or default_ssh_key(home)
     private_key, no_key = (private_key_of(key_file, dict(os.environ))
                            if key_file and key_file.is_file() and not preview else (None, None))
     if problems or no_key:
         raise _fail([*problems, *([no_key] if no_key else [])])
-    state = _state_dir(file, state_dir)
     st = _stack(plan, file, stack or plan.network, state)
     existing = st.get_all_config()
     public_key = key_file.read_text() if key_file and (
@@ -328,11 +431,11 @@ def cloud_up(
         raise typer.Exit(1) from None
     outputs = st.outputs()
     inventory = outputs["inventory"].value
-    path = state / f"{st.name}.inventory.json"
+    path = state.workdir / f"{st.name}.inventory.json"
     path.write_text(json.dumps(inventory, indent=1) + "\n")
     _print_inventory(inventory, path)
     try:
-        verdict = _configure(plan, outputs, private_key, state, st.name, home)
+        verdict = _configure(plan, outputs, private_key, state.workdir, st.name, home)
     except (ImportError, FileNotFoundError, ValueError, RuntimeError) as exc:
         hint = ("; it needs edgeshot[configure] (ansible-core, ansible-runner)"
                 if isinstance(exc, ImportError) else "")
@@ -353,19 +456,21 @@ def cloud_destroy(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Destroy without asking.")] = False,
 ) -> None:
     """Delete every server and network resource of a cloud network's stack."""
-    plan = _load_cloud_plan(file)
-    problems = [p for p in preflight(plan, ssh_key=None) if not p.startswith("no SSH")]
+    plan, provider = _load_cloud_plan(file)
+    state = _state(file, provider, state_dir)
+    problems = [p for p in preflight(plan, ssh_key=None, state=state) if not p.startswith("no SSH")]
     if problems:
         raise _fail(problems)
-    st = _stack(plan, file, stack or plan.network, _state_dir(file, state_dir))
+    st = _stack(plan, file, stack or plan.network, state)
     if not yes and not typer.confirm(f"Destroy every resource of {plan.network}?"):
         raise typer.Exit(1)
     from pulumi import automation as auto
     try:
         st.destroy(on_output=print, color=pulumi_color(out))
     except auto.CommandError as exc:
-        err.print(f"[bold red]pulumi failed:[/] {escape(str(exc))}",
-                  highlight=False, soft_wrap=True)
+        err.print(f"[bold red]pulumi failed:[/] {escape(str(exc))}", highlight=False)
+        if "protect" in str(exc):
+            err.print(PROTECTED_HINT, highlight=False, soft_wrap=True, markup=False)
         raise typer.Exit(1) from None
 
 

@@ -24,6 +24,8 @@ from typing import Any
 _EXPORTS = {
     "Inventory": "_inventory", "InventoryHost": "_inventory", "InventoryError": "_inventory",
     "inventory_from_plan": "_inventory", "ansible_inventory": "_inventory",
+    "plan_with_addresses": "_inventory", "site_inventory": "_run", "ANSIBLE_ENV": "_run",
+    "SSH_ARGS": "_run",
     "configure": "_run", "ConfigureResult": "_run", "HostResult": "_run",
     "AppshotSource": "_run", "playbooks_hash": "_run", "default_playbooks_dir": "_run",
     "pack_wheelhouse": "_run", "build_wheelhouse": "_wheels", "source_tree": "_wheels",

@@ -36,6 +36,18 @@ from ._inventory import Inventory, InventoryHost, ansible_inventory, plan_with_a
 from ._report import exclusions
 
 HostStatus = Literal["ok", "changed", "failed", "unreachable", "missing"]
+# How Ansible runs for edgeshot; ansible.cfg at the top of the repository says the same, so
+# that a plain `ansible-playbook` behaves alike (tests/configure compares them).
+ANSIBLE_ENV = {
+    "ANSIBLE_PIPELINING": "True",
+    "ANSIBLE_RETRY_FILES_ENABLED": "False",
+    "ANSIBLE_TIMEOUT": "15",
+    "ANSIBLE_DEPRECATION_WARNINGS": "False",
+    "ANSIBLE_SYSTEM_WARNINGS": "False",
+    "ANSIBLE_PYTHON_INTERPRETER": "/usr/bin/python3",
+}
+SSH_ARGS = ("-o ControlMaster=auto", "-o ControlPersist=120s", "-o ServerAliveInterval=15",
+            "-o ConnectTimeout=10")
 SECRET_NAMES = ("edgeAgentToken", "controllerAgentToken", "controllerEdgeToken", "signingKey")
 _IGNORED = {"__pycache__", ".git", ".pytest_cache", ".ansible"}
 
@@ -251,6 +263,32 @@ def _write_private(path: Path, text: str) -> None:
         f.write(text)
 
 
+def site_inventory(inv: Inventory, plan: Plan | None = None, *,
+                   plan_file: str | os.PathLike[str] | None = None,
+                   hosts: list[InventoryHost] | None = None,
+                   host_vars: Mapping[str, Mapping[str, Any]] | None = None,
+                   all_vars: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The Ansible inventory site.yml runs on (what `edgeshot inventory` writes and
+    `configure` runs with): ``hosts`` (default: every server with an address), the servers
+    without one in ``edgeshot_unprovisioned`` (site.yml's last play keeps their edgepoints
+    out of routing; ``all_vars`` may narrow it), the network's operators, and
+    ``plan_file`` (the plan with the servers' addresses, written by the caller) for the
+    controller and the agents."""
+    if hosts is None:
+        hosts = [h for h in inv.hosts() if h.address]
+    variables: dict[str, Any] = {
+        "ansible_python_interpreter": ANSIBLE_ENV["ANSIBLE_PYTHON_INTERPRETER"],
+        "edgeshot_unprovisioned": {h.name: h.edgepoint for h in inv.servers.values()
+                                   if not h.address and h.edgepoint},
+    }
+    if plan is not None and getattr(plan, "operators", None):
+        variables["edgeshot_operators"] = list(plan.operators)
+    if plan_file is not None:
+        variables |= {"controller_plan": str(plan_file), "edge_agent_plan": str(plan_file)}
+    variables |= dict(all_vars or {})
+    return ansible_inventory(inv, hosts, host_vars=host_vars, all_vars=variables)
+
+
 def configure(
     inventory: Inventory | Mapping[str, Any] | str | os.PathLike[str],
     plan: Plan | None = None,
@@ -269,6 +307,8 @@ def configure(
     vault_file: str | os.PathLike[str] | None = None,
     vault_password_file: str | os.PathLike[str] | None = None,
     limit: Iterable[str] | None = None,
+    check: bool = False,
+    diff: bool = False,
     forks: int = 20,
     timeout: int | None = None,
     progress: bool | Any = True,
@@ -287,7 +327,9 @@ def configure(
     dependencies) for servers that reach no package index; else ``pip_spec`` is installed
     from the index. ``criu_binary``: a CRIU >= 4.2 to copy (else the criu role's method
     from ``extra_vars``). ``progress``: True for a rich view on stderr, a
-    ``rich.console.Console`` to draw on, or False.
+    ``rich.console.Console`` to draw on, or False. ``check``: change nothing, report what
+    would change (Ansible's check mode); ``diff``: events carry each change's diff
+    (``res.diff``; the tasks that handle secrets hide theirs).
     """
     import ansible_runner
 
@@ -314,9 +356,7 @@ def configure(
     view = None
     log_tail = ""
     try:
-        all_vars: dict[str, Any] = {
-            "ansible_python_interpreter": "/usr/bin/python3",
-        }
+        all_vars: dict[str, Any] = {}
         if signing_public_key:
             all_vars["edgeshot_signing_public_key"] = signing_public_key
         if wheelhouse:
@@ -328,18 +368,17 @@ def configure(
             all_vars |= {"criu_install": "binary",
                          "criu_binary": str(Path(criu_binary).resolve())}
         # servers without an address are not in Ansible's inventory: site.yml's last play
-        # still keeps their edgepoints out of routing
+        # still keeps their edgepoints out of routing (those of this run only)
         all_vars["edgeshot_unprovisioned"] = {
             h.name: h.edgepoint for h in inv.servers.values()
             if h.name in results and results[h.name].status == "missing" and h.edgepoint}
-        if plan is not None and getattr(plan, "operators", None):
-            all_vars["edgeshot_operators"] = list(plan.operators)
+        plan_file = None
         if plan is not None:
             plan_file = pdd / "plan.json"
             plan_file.write_text(plan_with_addresses(plan, inv).to_json())
-            all_vars |= {"controller_plan": str(plan_file), "edge_agent_plan": str(plan_file)}
-        host_vars = _appshot_vars(inv, plan, list(appshots))
-        inv_data = ansible_inventory(inv, reachable, host_vars=host_vars, all_vars=all_vars)
+        inv_data = site_inventory(inv, plan, plan_file=plan_file, hosts=reachable,
+                                  host_vars=_appshot_vars(inv, plan, list(appshots)),
+                                  all_vars=all_vars)
         (pdd / "inventory").mkdir()
         (pdd / "inventory" / "hosts.json").write_text(json.dumps(inv_data, indent=1))
 
@@ -347,14 +386,13 @@ def configure(
         if secrets:
             extra["edgeshot_secrets"] = {k: v for k, v in secrets.items() if k in SECRET_NAMES}
         _write_private(pdd / "env" / "extravars", json.dumps(extra))
-        cmdline = []
+        cmdline = [*(["--check"] if check else []), *(["--diff"] if diff else [])]
         if vault_file:
             cmdline += ["-e", f"@{Path(vault_file).resolve()}"]
         if vault_password_file:
             cmdline += ["--vault-password-file", str(Path(vault_password_file).resolve())]
 
-        ssh_args = ["-o ControlMaster=auto", "-o ControlPersist=120s",
-                    "-o ServerAliveInterval=15", "-o ConnectTimeout=10"]
+        ssh_args = list(SSH_ARGS)
         if strict_host_keys:
             kh = Path(known_hosts) if known_hosts else (
                 Path.home() / ".config" / "edgeshot" / "known_hosts")
@@ -364,19 +402,15 @@ def configure(
             ssh_args += ["-o StrictHostKeyChecking=no", "-o UserKnownHostsFile=/dev/null",
                          "-o LogLevel=ERROR"]
         envvars = {
-            "ANSIBLE_PIPELINING": "True",
+            **{k: v for k, v in ANSIBLE_ENV.items() if k != "ANSIBLE_PYTHON_INTERPRETER"},
             "ANSIBLE_SSH_ARGS": " ".join(ssh_args),
             "ANSIBLE_HOST_KEY_CHECKING": "True" if strict_host_keys else "False",
             "ANSIBLE_SSH_CONTROL_PATH_DIR": str(pdd / "cp"),
             "ANSIBLE_ROLES_PATH": str(books / "roles"),
-            "ANSIBLE_RETRY_FILES_ENABLED": "False",
             "ANSIBLE_NOCOLOR": "True",
             "ANSIBLE_FORCE_COLOR": "False",
-            "ANSIBLE_TIMEOUT": "15",
             "ANSIBLE_HOME": str(pdd / "ansible-home"),
             "ANSIBLE_LOCAL_TEMP": str(pdd / "tmp"),
-            "ANSIBLE_DEPRECATION_WARNINGS": "False",
-            "ANSIBLE_SYSTEM_WARNINGS": "False",
         }
         bindir = str(Path(_ansible_playbook()).parent)
         envvars["PATH"] = os.pathsep.join([bindir, os.environ.get("PATH", os.defpath)])

@@ -90,8 +90,11 @@ class Adapter(ABC):
 
     @abstractmethod
     def server(self, server: ServerPlan, site: Site, firewall: pulumi.CustomResource,
-               user_data: str, labels: dict[str, str], parent: pulumi.Resource) -> Machine:
-        """The machine itself, attached to its site and firewall from its first boot."""
+               user_data: str, labels: dict[str, str], parent: pulumi.Resource, *,
+               protect: bool = False) -> Machine:
+        """The machine itself, attached to its site and firewall from its first boot.
+        ``protect``: the controller (its disk holds the usage ledger): Pulumi refuses to
+        delete or replace it, and so does the cloud where it can."""
 
     @abstractmethod
     def routes(self, edgepoint: str, site: Site, servers: list[tuple[ServerPlan, Machine]],

@@ -106,13 +106,19 @@ class AwsAdapter(Adapter):
             tags=_tags(labels, cloud), opts=pulumi.ResourceOptions(parent=parent))
 
     def server(self, server: ServerPlan, site: Site, firewall: pulumi.CustomResource,
-               user_data: str, labels: dict[str, str], parent: pulumi.Resource) -> Machine:
+               user_data: str, labels: dict[str, str], parent: pulumi.Resource, *,
+               protect: bool = False) -> Machine:
         region = site.extra["region"]
         cloud = self.cloud_name(server.name)
         has_slots = server.slot_subnet is not None
+        ami = self._image(region, server.server_type)
+        # An AMI looked up as "most recent" changes whenever Debian publishes one: that must
+        # not replace every server (a new server takes the new image; `pulumi up
+        # --replace URN` renews one on purpose).
+        looked_up = not (isinstance(ami, str) and ami.startswith("ami-"))
         instance = aws.ec2.Instance(
             server.name,
-            ami=self._image(region, server.server_type),
+            ami=ami,
             instance_type=server.server_type,
             subnet_id=site.resources["subnet"].id,
             private_ip=server.private_address,
@@ -126,14 +132,17 @@ class AwsAdapter(Adapter):
             metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
                 http_endpoint="enabled", http_tokens="required", http_put_response_hop_limit=1),
             root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
-                volume_type="gp3", volume_size=20, encrypted=True),
+                volume_type="gp3", volume_size=20, encrypted=True,
+                delete_on_termination=not protect),  # the controller's disk outlives it
+            disable_api_termination=protect or None,
             region=region,
             tags=_tags(labels, cloud),
-            opts=pulumi.ResourceOptions(parent=parent),
+            opts=pulumi.ResourceOptions(parent=parent, protect=protect,
+                                        ignore_changes=["ami"] if looked_up else None),
         )
         eip = aws.ec2.Eip(f"{server.name}-ip", domain="vpc", instance=instance.id, region=region,
                           tags=_tags(labels, cloud),
-                          opts=pulumi.ResourceOptions(parent=parent,
+                          opts=pulumi.ResourceOptions(parent=parent, protect=protect,
                                                       depends_on=[site.resources["gateway"]]))
         return Machine(resource=instance, public_ipv4=eip.public_ip, public_ipv6=None,
                        private_ipv4=instance.private_ip, cloud_id=instance.id, extras=[eip])

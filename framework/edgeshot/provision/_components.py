@@ -57,7 +57,8 @@ class EdgeServer(pulumi.ComponentResource):
                                         labels(plan, adapter.settings.owner), self)
         self.site = site
         self.firewall = firewall
-        self.machine = adapter.server(server, site, firewall, user_data(plan, server), tags, self)
+        self.machine = adapter.server(server, site, firewall, user_data(plan, server), tags, self,
+                                      protect="controller" in server.roles)
         self.address = self.machine.public_ipv4
         self.register_outputs({
             "name": server.name,

@@ -90,7 +90,8 @@ class DigitalOceanAdapter(Adapter):
         return fw
 
     def server(self, server: ServerPlan, site: Site, firewall: pulumi.CustomResource,
-               user_data: str, labels: dict[str, str], parent: pulumi.Resource) -> Machine:
+               user_data: str, labels: dict[str, str], parent: pulumi.Resource, *,
+               protect: bool = False) -> Machine:
         tags = [self._tag(t, self.parent) for t in tag_names(labels)]
         tags.append(self.selectors[firewall])
         vpc = site.resources.get("vpc")
@@ -107,7 +108,7 @@ class DigitalOceanAdapter(Adapter):
             ipv6=True,
             monitoring=True,
             # Covered by its firewall from the first boot: the firewall exists before the droplet.
-            opts=pulumi.ResourceOptions(parent=parent, depends_on=[firewall]),
+            opts=pulumi.ResourceOptions(parent=parent, depends_on=[firewall], protect=protect),
         )
         return Machine(resource=droplet, public_ipv4=droplet.ipv4_address,
                        public_ipv6=droplet.ipv6_address, private_ipv4=droplet.ipv4_address_private,

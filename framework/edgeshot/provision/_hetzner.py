@@ -82,7 +82,8 @@ class HetznerAdapter(Adapter):
                                labels=labels, opts=pulumi.ResourceOptions(parent=parent))
 
     def server(self, server: ServerPlan, site: Site, firewall: pulumi.CustomResource,
-               user_data: str, labels: dict[str, str], parent: pulumi.Resource) -> Machine:
+               user_data: str, labels: dict[str, str], parent: pulumi.Resource, *,
+               protect: bool = False) -> Machine:
         network = site.resources.get("network")
         networks = None
         depends: list[pulumi.Resource] = []
@@ -102,7 +103,9 @@ class HetznerAdapter(Adapter):
             firewall_ids=[_int(firewall.id)],
             networks=networks,
             public_nets=[hcloud.ServerPublicNetArgs(ipv4_enabled=True, ipv6_enabled=True)],
-            opts=pulumi.ResourceOptions(parent=parent, depends_on=depends),
+            delete_protection=protect or None,  # Hetzner's own lock too (both or neither)
+            rebuild_protection=protect or None,
+            opts=pulumi.ResourceOptions(parent=parent, depends_on=depends, protect=protect),
         )
         return Machine(resource=machine, public_ipv4=machine.ipv4_address,
                        public_ipv6=machine.ipv6_address, private_ipv4=server.private_address,

@@ -1,7 +1,8 @@
 """What a stack needs beyond the plan: owner, SSH keys, tokens and the signing key.
 
 All of it comes from the stack's Pulumi configuration (namespace `edgeshot`);
-tokens and the signing key must be stored as secrets. Every missing or wrong
+tokens and the signing key must be stored as secrets and are read with
+`require_secret`, so they stay secret Outputs from the config system on. Every missing or wrong
 value is reported at once, each with the command that sets it.
 """
 
@@ -195,7 +196,9 @@ def settings_from_config(plan: Plan, env: dict[str, str] | None = None) -> Setti
             problems.append(f"{key} is {len(value)} characters; a token needs at least "
                             f"{MIN_TOKEN} random ones: `{hint}`")
             continue
-        secrets[name] = pulumi.Output.secret(value)
+        # checked above in plain text (nothing is created before every problem is known);
+        # passed on as the secret Output the config system hands out, never the plain value
+        secrets[name] = cfg.require_secret(name)
 
     if (plan.private_network is None or any(e.private_subnet is None for e in plan.edgepoints)
             or (plan.provider == "aws" and plan.controller_subnet is None)):

@@ -50,6 +50,8 @@ from ._models import (
     Tier,
     WarmupRequest,
     WeightedPath,
+    check_backend,
+    check_secrets_provider,
 )
 
 
@@ -123,6 +125,8 @@ __all__ = [
     "Tier",
     "WarmupRequest",
     "WeightedPath",
+    "check_backend",
+    "check_secrets_provider",
     "command_problems",
     "expand_command",
     "instance_month",

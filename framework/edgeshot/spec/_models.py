@@ -104,17 +104,57 @@ class Local(SpecModel):
     state_dir: str = ".state"
 
 
-class Hetzner(SpecModel):
+# Pulumi state backends (`pulumi login URL`) and secrets providers (`--secrets-provider`).
+BACKEND_SCHEMES = ("s3", "azblob", "gs", "file", "https")  # https: Pulumi Cloud or self-hosted
+SECRETS_SCHEMES = ("awskms", "azurekeyvault", "gcpkms", "hashivault")
+SECRETS_NAMES = ("passphrase", "default")  # default: Pulumi Cloud's own
+
+
+def check_backend(value: str) -> str:
+    """A Pulumi state backend URL (scheme checked; the rest is the backend's business)."""
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in BACKEND_SCHEMES or not rest.strip("/") and scheme != "file":
+        raise ValueError(
+            "must be a Pulumi backend URL: s3://BUCKET[/PREFIX], azblob://CONTAINER, "
+            "gs://BUCKET, file://DIR, or https://api.pulumi.com (Pulumi Cloud)")
+    return value
+
+
+def check_secrets_provider(value: str) -> str:
+    """A Pulumi secrets provider: passphrase, default (Pulumi Cloud) or a KMS URL."""
+    scheme, sep, rest = value.partition("://")
+    if value in SECRETS_NAMES or (sep and scheme in SECRETS_SCHEMES and rest):
+        return value
+    raise ValueError(
+        "must be 'passphrase', 'default' (Pulumi Cloud) or a key URL: awskms://KEY, "
+        "azurekeyvault://VAULT/keys/KEY, gcpkms://projects/…/cryptoKeys/KEY, "
+        "hashivault://KEY")
+
+
+Backend = Annotated[str, AfterValidator(check_backend)]
+SecretsProvider = Annotated[str, AfterValidator(check_secrets_provider)]
+
+
+class _Cloud(SpecModel):
+    """Where `edgeshot up` keeps the network's Pulumi state and encrypts its secrets
+    (PULUMI_BACKEND_URL / PULUMI_SECRETS_PROVIDER override; default: a file backend next to
+    the policy file and a passphrase)."""
+
+    backend: Backend | None = None
+    secrets_provider: SecretsProvider | None = None
+
+
+class Hetzner(_Cloud):
     kind: Literal["hetzner"] = "hetzner"
     image: str = "debian-12"
 
 
-class AWS(SpecModel):
+class AWS(_Cloud):
     kind: Literal["aws"] = "aws"
     image: str = "debian-12"
 
 
-class DigitalOcean(SpecModel):
+class DigitalOcean(_Cloud):
     kind: Literal["digitalocean"] = "digitalocean"
     image: str = "debian-12-x64"
 

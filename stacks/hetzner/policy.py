@@ -1,0 +1,24 @@
+"""Your edge network on Hetzner Cloud: a starting point made by `pulumi new`.
+
+Add edgepoints here; deploy applications onto the network with `edgeshot deploy`
+(examples/shop in the edgeshot repository declares a whole one). Check it with
+`edgeshot validate policy.py` and `edgeshot plan policy.py --resources`.
+"""
+
+from edgeshot.spec import Controller, EdgeNetwork, Edgepoint, Hetzner, Pricing
+
+network = EdgeNetwork(
+    name="my-edge",
+    # Where `edgeshot up` keeps the Pulumi state and how it encrypts secrets (optional; the
+    # environment's PULUMI_BACKEND_URL / PULUMI_SECRETS_PROVIDER take precedence), e.g.
+    # Hetzner(backend="s3://my-state-bucket/edge", secrets_provider="awskms://alias/edge")
+    provider=Hetzner(),
+    edgepoints=(
+        Edgepoint(name='fsn', region='eu-central', location='fsn1', server_type='cx22'),
+    ),
+    controller=Controller(location='nbg1', server_type='cx22'),
+    pricing=Pricing(currency='EUR', cpu_second="0.000012", memory_gb_second="0.0000015",
+                    network_gb="0.02"),
+    # Who may reach the servers over SSH (replace this documentation range with yours).
+    operators=("203.0.113.0/24",),
+)
