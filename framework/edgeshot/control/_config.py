@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .._config_file import ConfigError, load_config  # noqa: F401 (ConfigError: re-exported)
+from ._grants import OwnerGrant
 from ._metering import MeteringSection
 
 
@@ -62,6 +63,9 @@ class ControllerConfig(_Section):
     dispatcher: DispatcherSection = DispatcherSection()
     canary: CanarySection = CanarySection()
     metering: MeteringSection = MeteringSection()
+    owners: dict[str, OwnerGrant] = Field(default_factory=dict, description="per owner id: "
+                                          "routing keys, origins and quota the operator grants "
+                                          "beyond the owner's apps in the plan (_grants.py)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @classmethod
@@ -79,17 +83,20 @@ class ControllerConfig(_Section):
                 return repr(v)
             return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
+        def arr(v: object) -> str:
+            return "[" + ", ".join(val(x) for x in v) + "]" if isinstance(v, list) else val(v)
+
         lines = []
         tables = []
-        for k, v in self.model_dump(exclude_none=True).items():
-            if isinstance(v, dict) and k in ("dispatcher", "canary"):
-                tables.append((k, v))
+        for k, v in self.model_dump(mode="json", exclude_none=True).items():
+            if k == "owners":
+                tables += [(f'owners."{o}"', g) for o, g in v.items()]
             elif isinstance(v, dict):
                 tables.append((k, v))
             else:
                 lines.append(f"{k} = {val(v)}")
         for name, table in tables:
             lines.append(f"\n[{name}]")
-            lines += [f'"{k}" = {val(v)}' if name in ("edges", "agents") else f"{k} = {val(v)}"
+            lines += [f'"{k}" = {val(v)}' if name in ("edges", "agents") else f"{k} = {arr(v)}"
                       for k, v in table.items() if v is not None]
         return "\n".join(lines) + "\n"

@@ -63,6 +63,15 @@ def edge_public(plan: Plan, edgepoint: str) -> str:
     return f"{host.address}:{host.ports['http']}"
 
 
+def _capacity_of(cap: dict[str, Any], mine: Any) -> dict[str, Any]:
+    """An edgepoint's capacity as an owner may see it: totals, and its own placements'
+    instances (never another owner's apps, nor the servers' instance counts)."""
+    out = {k: v for k, v in cap.items() if k in ("slots_total", "slots_free", "mode")}
+    out["at_capacity"] = [p for p in cap.get("at_capacity", ()) if mine(p)]
+    out["instances"] = {p: v for p, v in (cap.get("instances") or {}).items() if mine(p)}
+    return out
+
+
 def agent_url(plan: Plan, server: str) -> str:
     s = next(s for s in plan.servers if s.name == server)
     return f"http://{s.address}:{s.ports['agent']}"
@@ -362,13 +371,17 @@ class Controller:
                 "deployment": dep[0] if dep else None,
                 "budget": self.metering.app_status(a["name"]),
             })
+        seen = {f"{a['name']}/" for a in apps}
         eps = []
         for e in self.store.edgepoints():
             st = self.deploy.status.get(e["name"])
+            cap = st.capacity if st else {}
+            if may_see is not None:  # an owner's or vendor's view: its own placements only
+                cap = _capacity_of(cap, lambda pid: pid.rsplit("/", 1)[0] + "/" in seen)
             eps.append({"name": e["name"], "region": e["region"], "healthy": bool(e["healthy"]),
                         "load": e["load"], "last_seen": e["last_seen"],
-                        "error": st.error if st else None,
-                        "capacity": st.capacity if st else {}})
+                        "error": st.error if st and may_see is None else None,
+                        "capacity": cap})
         agents = [{"server": a["server"], "edgepoint": a["edgepoint"],
                    "healthy": bool(a["healthy"]), "last_seen": a["last_seen"]}
                   for a in self.store.agents()]

@@ -293,14 +293,21 @@ class DeploymentCenter:
         await self.push(app.name)
 
     async def deploy(self, app: AppPlan, canary: int | None, source_dir: Path | None = None,
-                     policy: CanaryPolicy | None = None) -> int:
+                     policy: CanaryPolicy | None = None, override: str | None = None) -> int:
         """Roll out `app` (a new or known version). With `canary` (percent), the analysis
-        decides; without, the version becomes the primary at once."""
+        decides; without, the version becomes the primary at once. ``override``: an
+        operator's reason to roll out past the gate (logged)."""
         async with self.lock(app.name):
             if (refused := self.gate(app)) is not None:
-                self.store.event("deploy-refused", f"{app.name} {app.version}: {refused}",
-                                 app=app.name)
-                raise DeployError(refused)
+                if override is None:
+                    self.store.event("deploy-refused", f"{app.name} {app.version}: {refused}",
+                                     app=app.name)
+                    raise DeployError(refused)
+                log.warning("gate overridden for %s %s: %s (refused: %s)", app.name,
+                            app.version, override, refused)
+                self.store.event("gate-overridden", f"{app.name} {app.version}: {override} "
+                                 f"(the gate said: {refused})", app=app.name,
+                                 data={"reason": override, "refused": refused})
             self.store.put_app(app.name, app.owner, app.vendor)
             if not self.store.put_version(app.name, app.version, app.model_dump_json()):
                 row = self.store.version(app.name, app.version)

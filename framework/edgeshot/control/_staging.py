@@ -170,9 +170,12 @@ class Staging:
                 return f"{app.name} {app.version} failed its capacity test: {reasons}"
             self._spawn(self._unstage_after_rollout(app.name, app.version))
             return None
-        declared = self.store.query("SELECT 1 FROM staged_versions WHERE app = ? AND "
-                                    "load_test IS NOT NULL LIMIT 1", (app.name,))
-        if declared:
+        base = next((a for a in self.c.plan.apps if a.name == app.name), None)
+        declared = app.load_test or (base.load_test if base else None) or self.store.query(
+            "SELECT 1 FROM staged_versions WHERE app = ? AND load_test IS NOT NULL LIMIT 1",
+            (app.name,))
+        first = not (self.store.app(app.name) or {}).get("primary_version")
+        if declared and not first:  # a first version has nothing to stage beside
             return (f"{app.name} {app.version} has not passed its capacity test: stage it "
                     "first (edgeshot deploy … --stage)")
         return None
