@@ -314,3 +314,50 @@ def test_without_haproxy_the_activator_serves_the_data_path(edges, origin):
     assert e.get("/catalog", host="evil.example.net")[0] == 404
     assert not e.haproxy_pids()
     wait_for(lambda: usage_total(e)[0] == 2, 10, what="usage of the two edge requests")
+
+
+def broken_placement(a, name: str = "bad"):
+    """Another app beside ``a`` whose route regex does not compile (not what its path
+    compiles to: a plan no controller compiled)."""
+    route = a.app.routes[0].model_copy(update={"regex": "^(/x"})
+    app = a.app.model_copy(update={"name": name, "hosts": (f"{name}.test",),
+                                   "routes": (route, *a.app.routes[1:])})
+    return a.model_copy(update={"app": app, "placement": a.placement.model_copy(
+        update={"app": name, "id": f"{name}/eu"})})
+
+
+def test_a_placement_that_does_not_compile_is_refused_and_never_blocks_the_others(edges,
+                                                                                   origin):
+    from edgeshot.edge.client import Invalid
+    e = edges().start()
+    a = place(e, origin, idle_s=300)
+    assert e.get("/catalog")[0] == 200
+    newer = a.model_copy(update={"cost_ceiling": 2})
+    with pytest.raises(Invalid) as err:  # the good one applied, the bad one refused
+        e.call(lambda c: c.set_placements([newer, broken_placement(a)]))
+    assert err.value.code == "refused"
+    assert err.value.message.startswith("placement bad/eu (app bad): app.routes.0.regex: "
+                                        "'^(/x' is not what")
+    placed = e.call(lambda c: c.placements())
+    assert [(p.id, p.cost_ceiling) for p in placed] == [("shop/eu", 2)]
+    assert e.get("/catalog")[0] == 200
+    # a bad new version of a placed app: refused, its old assignment keeps serving
+    with pytest.raises(Invalid, match="placement shop/eu"):
+        e.call(lambda c: c.set_placements([broken_placement(a, "shop")]))
+    assert [p.app.routes for p in e.call(lambda c: c.placements())] == [a.app.routes]
+    assert e.get("/catalog")[0] == 200
+    # a bad placement in the store (written by an older edge): quarantined at start
+    e.stop()
+    import sqlite3
+    db = sqlite3.connect(e.state / "edge.db")
+    with db:
+        db.execute("INSERT INTO placements VALUES (?, ?)",
+                   ("bad/eu", broken_placement(a).model_dump_json()))
+    db.close()
+    e.start()
+    health = e.call(lambda c: c.health())
+    assert list(health.quarantined) == ["bad/eu"] and "routes.0.regex" in health.quarantined[
+        "bad/eu"]
+    assert [p.id for p in e.call(lambda c: c.placements())] == ["shop/eu"]
+    assert e.get("/catalog")[0] == 200
+    assert "quarantined" in e.log_text()

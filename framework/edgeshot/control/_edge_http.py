@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from .._config_file import toml_text
-from ._edges import EdgeStatus, PlacementOrder, PlacementStatus, VersionFigures
+from ._edges import (
+    EdgeStatus,
+    PlacementOrder,
+    PlacementRefused,
+    PlacementStatus,
+    VersionFigures,
+)
 
 
 def _percentile_field(pct: float) -> str:
@@ -93,7 +99,16 @@ class HttpEdgeLink:
                 return
             except NotFound:
                 pass  # the edge restarted: send the whole set
-        await self.client.set_placements([_assignment(o) for o in orders])
+        from edgeshot.edge.client import Invalid
+
+        try:
+            await self.client.set_placements([_assignment(o) for o in orders])
+        except Invalid as exc:
+            if exc.code != "refused":
+                raise
+            self._sent = None  # it kept its old assignment of those: send the whole set again
+            ids = frozenset(d.split()[1] for d in exc.detail if d.startswith("placement "))
+            raise PlacementRefused(exc.message, ids) from None
         self._sent = new
 
     async def close(self) -> None:

@@ -109,14 +109,15 @@ def forbidden_host(host: str, network: frozenset[str]) -> str | None:
     h = host.strip("[]").lower().rstrip(".")
     if h == "localhost" or h.endswith(".localhost") or h in _METADATA:
         return f"{host} is the host itself or a metadata service"
-    if h in network:
-        return f"{host} is one of the network's own machines"
     try:
         ip = ipaddress.ip_address(h)
     except ValueError:
-        return None
-    if ip.is_loopback or ip.is_link_local or ip.is_unspecified or ip.is_multicast:
+        ip = None
+    if ip is not None and (ip.is_loopback or ip.is_link_local or ip.is_unspecified
+                           or ip.is_multicast):
         return f"{host} is a loopback, link-local or unspecified address"
+    if h in network:
+        return f"{host} is one of the network's own machines"
     return None
 
 

@@ -220,6 +220,8 @@ class EdgeHealth(_Out):
     agents_up: int
     agents_total: int
     source: str = Field(description="the usage records' source")
+    quarantined: dict[str, str] = Field(default_factory=dict, description="stored placements "
+                                        "this edge refused to serve at start, with why")
 
 
 class LatencyMinute(_Out):

@@ -302,6 +302,7 @@ class Edge:
         self.agent_token = agent_token
         self.run_dir = _run_dir(cfg.state_dir, cfg.edgepoint)
         self.placements: dict[str, PlacementRuntime] = {}
+        self.quarantined: dict[str, str] = {}  # stored placements refused at start: why
         self.by_app: dict[str, str] = {}  # app -> placement id
         self.live: dict[str, Live] = {}
         self.snaps: dict[str, Snap] = {}
@@ -558,11 +559,11 @@ class Edge:
         saved = self.store.load_placements()
         assignments: list[PlacementAssignment] = []
         if saved:
-            for body in saved.values():
+            for pid, body in saved.items():
                 try:
                     assignments.append(PlacementAssignment.model_validate(body))
                 except ValidationError as exc:
-                    log.error("stored placement unreadable, skipped: %s", exc)
+                    self._quarantine(pid, f"unreadable: {exc.errors(include_url=False)[0]}")
         elif self.cfg.plan is not None and self.cfg.plan.exists():
             from edgeshot.plan import read_plan
             plan = read_plan(self.cfg.plan)
@@ -570,10 +571,37 @@ class Edge:
                 if p.edgepoint == self.cfg.edgepoint:
                     assignments.append(PlacementAssignment(placement=p, app=plan.app(p.app)))
         for a in assignments:
+            if (why := self._refusal(a)) is not None:
+                self._quarantine(a.id, why)  # never served, never blocks the others
+                continue
             self.placements[a.id] = PlacementRuntime(a, self.cfg, self._cookie_key(a.app.name))
             self.by_app[a.app.name] = a.id
 
-    def _check_assignments(self, items: tuple[PlacementAssignment, ...]) -> None:
+    def _quarantine(self, pid: str, why: str) -> None:
+        self.quarantined[pid] = why
+        log.error("stored placement %s quarantined (not served): %s", pid, why)
+
+    def _refusal(self, a: PlacementAssignment) -> str | None:
+        """Why this edge must not serve ``a`` (None: it may): its app plan fails the spec's
+        checks (a plan the controller did not compile), or HAProxy could not route it."""
+        from edgeshot.plan import check_app_plan
+        if a.placement.edgepoint != self.cfg.edgepoint:
+            return (f"placement {a.id} is for edgepoint {a.placement.edgepoint!r}, this is "
+                    f"{self.cfg.edgepoint!r}")
+        if problems := check_app_plan(a.app):
+            return f"placement {a.id} (app {a.app.name}): app.{problems[0]}"
+        try:
+            H.render(H.HAProxyConf(edgepoint="x", listen="127.0.0.1", http_port=1,
+                                   run_dir=self.run_dir, apps=(
+                                       PlacementRuntime(a, self.cfg, "0" * 32).conf(()),)))
+        except H.HAProxyError as exc:
+            return f"placement {a.id} (app {a.app.name}): {exc}"
+        return None
+
+    def _check_assignments(self, items: tuple[PlacementAssignment, ...]
+                           ) -> dict[str, str]:
+        """The placements of ``items`` this edge refuses, with why; a request it cannot
+        take at all (another edgepoint's placements, an app twice) raises."""
         apps = set()
         for a in items:
             if a.placement.edgepoint != self.cfg.edgepoint:
@@ -582,19 +610,19 @@ class Edge:
             if a.app.name in apps:
                 raise ApiError(422, "duplicate", f"app {a.app.name} placed twice")
             apps.add(a.app.name)
-            try:
-                H.render(H.HAProxyConf(edgepoint="x", listen="127.0.0.1", http_port=1,
-                                       run_dir=self.run_dir, apps=(
-                                           PlacementRuntime(a, self.cfg, "0" * 32).conf(()),)))
-            except H.HAProxyError as exc:
-                raise ApiError(422, "unroutable", f"placement {a.id}: {exc}") from None
+        return {a.id: why for a in items if (why := self._refusal(a)) is not None}
 
     async def set_placements(self, items: tuple[PlacementAssignment, ...]) -> None:
         """Serve exactly these placements. HAProxy routes a new app before any decision
         sees it (the decision loop waits meanwhile); a removed app's instances go first,
-        then its routes."""
-        self._check_assignments(items)
-        new = {a.id: a for a in items}
+        then its routes. A placement this edge refuses is left as it was (its previous
+        assignment keeps serving, a new one is not added), the others are applied, and the
+        refusal is raised afterwards (422 naming the placements and why)."""
+        refused = self._check_assignments(items)
+        new = {a.id: a for a in items if a.id not in refused}
+        for pid in refused:
+            if pid in self.placements and pid not in self.retiring:
+                new[pid] = self.placements[pid].a
         async with self.tick_lock:
             before = self._routing()
             removed = [pid for pid in self.placements if pid not in new]
@@ -628,6 +656,9 @@ class Edge:
                         self.retiring.discard(pid)
                 self.by_app = {pr.app: pid for pid, pr in self.placements.items()}
                 await self._reconfigure()
+        if refused:
+            raise ApiError(422, "refused", "; ".join(refused.values())[:2000],
+                           detail=list(refused.values()))
 
     def _routing(self) -> dict[str, H.AppConf]:
         return {pid: pr.conf(()) for pid, pr in self.placements.items()}
@@ -1540,7 +1571,8 @@ class Edge:
                           placements=len(self.placements),
                           instances=sum(self._serving(lv) for lv in self.live.values()),
                           agents_up=sum(self.agent_ok.get(n, False) for n in self.agents),
-                          agents_total=len(self.agents), source=self.source)
+                          agents_total=len(self.agents), source=self.source,
+                          quarantined=dict(self.quarantined))
 
     async def metrics(self) -> str:
         own = generate_latest(self.registry).decode()
