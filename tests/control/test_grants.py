@@ -193,3 +193,17 @@ def test_forbidden_hosts():
     assert forbidden_host("LOCALHOST", NET) and forbidden_host("0.0.0.0", NET)
     assert forbidden_host("ctl.example.net", NET)
     assert parse_key("*/b") == ("*", "/b")
+
+
+@pytest.mark.parametrize("fields,expected", [
+    ({}, None),
+    ({"version": "../../x"}, "version: must be letters"),
+    ({"id": "other/eu"}, "id: 'other/eu' is not '<app>/<edgepoint>'"),
+    ({"global_share": 10**26}, "scaling.global_share: 100000000000000000000000000 is not"),
+    ({"priority": 101}, "priority: Input should be less than or equal to 100"),
+])
+def test_a_placement_is_checked_like_its_plan(plan, fields, expected):
+    from edgeshot.plan import check_placement
+    p = plan.placements[0]
+    problems = check_placement(p.model_copy(update=fields))
+    assert (problems[0][:len(expected)] if problems else None) == expected, problems

@@ -167,6 +167,45 @@ async def test_malformed_input_is_a_400_or_422_with_a_reason_never_a_500(net):
     assert got == 422 and "nope" in body["error"], body
 
 
+BIG, DEEP = "9" * 26, b"[" * 200_000 + b"]" * 200_000
+MALFORMED = [  # (service, method, path, body) sent with the token of its caller
+    ("edge", "GET", f"/v1/usage?after={BIG}", None),
+    ("edge", "GET", f"/v1/usage?after={'9' * 5000}", None),
+    ("edge", "GET", "/v1/history/latency?since=yesterday", None),
+    ("edge", "GET", f"/v1/history/regions?since={BIG}", None),
+    ("edge", "PUT", "/v1/placements", DEEP),
+    ("edge", "PUT", "/v1/placements", b'{"placements": ' + DEEP + b"}"),
+    ("edge", "PATCH", "/v1/placements/..%2F..%2Fx/eu", b'{"versions": []}'),
+    ("edge", "PATCH", "/v1/placements/hello/eu", b'{"global_share": ' + BIG.encode() + b"}"),
+    ("agent", "GET", f"/v1/usage?after={BIG}", None),
+    ("agent", "GET", "/v1/instances/..%2F..%2Fetc", None),
+    ("agent", "GET", "/v1/appshots/<script>", None),
+    ("agent", "POST", "/v1/instances", DEEP),
+    ("agent", "POST", "/v1/capture", b'{"spec": ' + DEEP + b"}"),
+    ("controller", "GET", "/v1/bill?month=99999-99", None),
+    ("controller", "GET", f"/v1/bill?month={BIG}", None),
+    ("controller", "GET", "/v1/apps/%3Cscript%3E/deployments", None),
+]
+
+
+@pytest.mark.parametrize("service,method,path,body", MALFORMED,
+                         ids=[f"{m[0]} {m[1]} {m[2][:40]}" for m in MALFORMED])
+async def test_every_api_answers_malformed_input_with_a_reason(net, service, method, path,
+                                                                body):
+    base = {"edge": lambda: net.manifest.edges["eu"]["url"],
+            "agent": lambda: net.manifest.agents["eu-1"]["url"],
+            "controller": lambda: net.manifest.controller_url}[service]()
+    token = {"edge": "controller-edge", "agent": "controller-agent"}.get(service, "operator")
+    headers = {"Authorization": f"Bearer {net.token(token)}",
+               "Content-Type": "application/json"}
+    async with aiohttp.ClientSession() as s, s.request(
+            method, base + path, data=body, headers=headers,
+            timeout=aiohttp.ClientTimeout(total=60)) as r:
+        text = await r.text()
+    assert r.status in (400, 404, 413, 422), (r.status, text[:300])
+    assert json.loads(text)["error"] and "\n" not in json.loads(text)["error"]
+
+
 async def test_an_owners_status_lists_its_own_apps_only(net):
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # both apps placed and reported by the edges

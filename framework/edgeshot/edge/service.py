@@ -584,10 +584,12 @@ class Edge:
     def _refusal(self, a: PlacementAssignment) -> str | None:
         """Why this edge must not serve ``a`` (None: it may): its app plan fails the spec's
         checks (a plan the controller did not compile), or HAProxy could not route it."""
-        from edgeshot.plan import check_app_plan
+        from edgeshot.plan import check_app_plan, check_placement
         if a.placement.edgepoint != self.cfg.edgepoint:
             return (f"placement {a.id} is for edgepoint {a.placement.edgepoint!r}, this is "
                     f"{self.cfg.edgepoint!r}")
+        if problems := check_placement(a.placement):
+            return f"placement {a.id[:80]} (app {a.app.name[:64]}): placement.{problems[0]}"
         if problems := check_app_plan(a.app):
             return f"placement {a.id} (app {a.app.name}): app.{problems[0]}"
         try:

@@ -20,7 +20,9 @@ from edgeshot.spec import Application
 from edgeshot.spec._checks import check as spec_check
 from edgeshot.spec._routes import to_regex
 
-from ._models import AppPlan
+from ._models import AppPlan, Placement
+
+MAX_INSTANCES = 1_000_000  # of one app on one edgepoint: far above any network's
 
 
 def _where(loc: tuple[Any, ...]) -> str:
@@ -85,3 +87,39 @@ def check_app_plan(app: AppPlan) -> list[str]:
         problems.append(f"default_route: must be 'edge' or 'origin', not {app.default_route!r}")
     return problems
 
+
+
+def check_placement(p: Placement) -> list[str]:
+    """Every problem of a placement that did not come from `compile_plan` (an edge's
+    input): its names, and numbers within what the spec allows."""
+    problems = []
+    try:
+        Application.model_validate({**_NEUTRAL, "name": p.app, "version": p.version,
+                                    "owner": {"id": p.owner}, "priority": p.priority})
+    except ValidationError as exc:
+        problems += [f"{_where(e['loc'])}: {e['msg'].removeprefix('Value error, ')}"
+                     for e in exc.errors(include_url=False)]
+    if p.id != f"{p.app}/{p.edgepoint}":
+        problems.append(f"id: {p.id[:80]!r} is not '<app>/<edgepoint>'")
+    s = p.scaling
+    for name, value, lo in (("min", s.min, 0), ("max", s.max, 1),
+                            ("users_per_instance", s.users_per_instance, 1),
+                            ("max_response_ms", s.max_response_ms, 1),
+                            ("idle_s", s.idle_s, 0), ("warm_pool", s.warm_pool, 0),
+                            ("global_share", p.global_share, 0),
+                            ("cost_ceiling", p.cost_ceiling, 0)):
+        if not lo <= value <= MAX_INSTANCES * 1000:
+            problems.append(f"scaling.{name}: {value} is not between {lo} and "
+                            f"{MAX_INSTANCES * 1000}")
+    if s.min > s.max:
+        problems.append(f"scaling.min: {s.min} is more than max ({s.max})")
+    if not 50 <= s.percentile < 100:
+        problems.append(f"scaling.percentile: {s.percentile} is not within [50, 100)")
+    return problems
+
+
+# an app with nothing but what a placement names: for its names and priority
+_NEUTRAL = {"routing": {"path_prefix": "/"}, "source": {"path": "."},
+            "tiers": [{"name": "web", "command": ["x"]}], "distribution": {},
+            "sla": {"max_response_ms": 1, "users_per_instance": 1},
+            "budget": {"monthly": "0 EUR"}}
