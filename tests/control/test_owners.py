@@ -206,6 +206,40 @@ async def test_every_api_answers_malformed_input_with_a_reason(net, service, met
     assert json.loads(text)["error"] and "\n" not in json.loads(text)["error"]
 
 
+async def _headers_seen(url: str, headers: dict[str, str]) -> dict[str, str]:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as s:
+        for _ in range(60):  # the first request may wait for a restore
+            async with s.get(url + "/headers", headers={"Host": "bee.test", **headers},
+                             timeout=aiohttp.ClientTimeout(total=30)) as r:
+                if r.status == 200:
+                    return json.loads(await r.text())
+            await asyncio.sleep(0.5)
+    raise AssertionError(f"{url}: no answer from bee")
+
+
+async def test_edges_keep_the_region_and_address_only_from_the_dispatcher(net):
+    forged = {"X-Edgeshot-Region": "forged-region", "X-Forwarded-For": "6.6.6.6",
+              "X-Edgeshot-Hop": "est1_" + "A" * 43}
+    direct = await _headers_seen(net.manifest.edges["eu"]["public_url"], forged)
+    assert "x-edgeshot-region" not in direct and "x-edgeshot-hop" not in direct, direct
+    assert direct["x-forwarded-for"] == "127.0.0.1", direct
+    via = await _headers_seen(net.manifest.entry_url, {**forged,
+                                                        "X-Edgeshot-Region": "eu-central"})
+    assert via["x-edgeshot-region"] == "eu-central" and "x-edgeshot-hop" not in via, via
+    assert via["x-forwarded-for"] == "127.0.0.1", via  # the dispatcher's word: its client
+    e = net.manifest.edges["eu"]
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # the edge's durable region history
+        async with aiohttp.ClientSession() as s, s.get(
+                e["url"] + "/v1/history/regions?app=bee",
+                headers={"Authorization": f"Bearer {net.token()}"}) as r:
+            regions = {m["region"] for m in (await r.json())["minutes"]}
+        if "eu-central" in regions:
+            break
+        await asyncio.sleep(1)
+    assert "eu-central" in regions and "forged-region" not in regions, regions
+
+
 async def test_an_owners_status_lists_its_own_apps_only(net):
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:  # both apps placed and reported by the edges

@@ -242,13 +242,21 @@ def test_counts_survive_reload_and_edge_restarts_exactly_once(edges, origin):
     assert all(r.cpu_seconds == 0 and r.memory_gb_seconds == 0 for r in recs)
 
 
+HOP = "est1_" + "h" * 43  # the dispatcher's hop token in these tests
+
+
 def test_latency_and_region_history_are_stored_and_served(edges, origin):
-    e = edges().start()
+    from edgeshot.agent.auth import token_hash
+    e = edges(dispatcher_hop_sha256=token_hash(HOP)).start()
     place(e, origin, min=1, idle_s=300)
     wait_for(lambda: pl(e).ready == 1, 30)
     for region, n in (("eu-central", 12), ("us-east", 5)):
         for _ in range(n):
-            assert e.get("/catalog", headers={"X-Edgeshot-Region": region})[0] == 200
+            assert e.get("/catalog", headers={"X-Edgeshot-Region": region,
+                                              "X-Edgeshot-Hop": HOP})[0] == 200
+    for hop in ("est1_" + "x" * 43, None):  # a user's own region header: not taken
+        assert e.get("/catalog", headers={"X-Edgeshot-Region": "forged", **(
+            {"X-Edgeshot-Hop": hop} if hop else {})})[0] == 200
     e.stop()  # flushes the current minute too
     e.start()
     lat = e.call(lambda c: c.latency_history(app="shop"))
@@ -261,7 +269,7 @@ def test_latency_and_region_history_are_stored_and_served(edges, origin):
     counts = {}
     for m in reg.minutes:
         counts[m.region] = counts.get(m.region, 0) + m.requests
-    assert counts["eu-central"] == 12 and counts["us-east"] == 5
+    assert counts["eu-central"] == 12 and counts["us-east"] == 5 and "forged" not in counts
     # an owner sees its own apps' history, another scope nothing at all
     assert e.call(lambda c: c.latency_history(app="shop"), token=e.tokens.owner).minutes
     with pytest.raises(Forbidden):
@@ -311,6 +319,9 @@ def test_without_haproxy_the_activator_serves_the_data_path(edges, origin):
     assert cookie.startswith("ES_shop=")
     assert e.get("/catalog", headers={"Cookie": cookie})[0] == 200
     assert json.loads(e.get("/account/bob")[2])["name"] == "origin"
+    seen = json.loads(e.get("/account/bob", headers={"X-Edgeshot-Region": "forged",
+                                                     "X-Forwarded-For": "6.6.6.6"})[2])
+    assert (seen["region"], seen["forwarded_for"]) == (None, "127.0.0.1")  # not the user's
     assert e.get("/catalog", host="evil.example.net")[0] == 404
     assert not e.haproxy_pids()
     wait_for(lambda: usage_total(e)[0] == 2, 10, what="usage of the two edge requests")

@@ -28,6 +28,9 @@ class DispatcherSection(_Section):
     check_inter_ms: int = Field(500, ge=50)
     geo_file: Path | None = Field(None, description="CIDR region lines, for clients without "
                                   "an X-Edgeshot-Region header")
+    hop_token_file: Path | None = Field(None, description="the token this dispatcher sends to "
+                                        "the edges (X-Edgeshot-Hop); they keep the region and "
+                                        "forwarding headers only from requests carrying it")
 
 
 class CanarySection(_Section):
@@ -72,7 +75,8 @@ class ControllerConfig(_Section):
     def load(cls, path: str | os.PathLike[str]) -> ControllerConfig:
         return load_config(cls, path, paths=(
             "state_dir", "plan", "base_dir", "tokens_file", "agent_token_file",
-            "edge_token_file", "excluded_file", "dispatcher.geo_file"))
+            "edge_token_file", "excluded_file", "dispatcher.geo_file",
+            "dispatcher.hop_token_file"))
 
     def to_toml(self) -> str:
         """The configuration as TOML (paths absolute)."""

@@ -156,7 +156,8 @@ class Controller:
             state_dir=self.state_dir / "dispatcher", bind=f"{address}:{port}",
             stats_bind=f"{address}:{stats}" if stats else None, redirect=d.mode == "redirect",
             simulate_latency=d.simulate_latency, regions=tuple(self.regions), geo=geo,
-            haproxy=d.haproxy, check_inter_ms=d.check_inter_ms))
+            haproxy=d.haproxy, check_inter_ms=d.check_inter_ms,
+            hop_token=auth.read_secret(d.hop_token_file) if d.hop_token_file else None))
 
     def _register(self) -> None:
         for ep in self.plan.edgepoints:

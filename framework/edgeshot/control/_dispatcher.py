@@ -77,6 +77,7 @@ class DispatcherConfig:
     retries: int = 3
     check_inter_ms: int = 500
     timeout_connect_ms: int = 500
+    hop_token: str | None = None  # sent to the edges in X-Edgeshot-Hop: "this is the dispatcher"
 
 
 class DispatcherError(Exception):
@@ -116,7 +117,7 @@ class GlobalDispatcher:
             stats_bind=c.stats_bind, redirect=c.redirect, simulate_latency=c.simulate_latency,
             apps=apps, cookie=COOKIE, retries=c.retries, check_inter_ms=c.check_inter_ms,
             timeout_connect_ms=c.timeout_connect_ms, maxconn=_maxconn(c.maxconn),
-            nbthread=c.nbthread)
+            nbthread=c.nbthread, hop_token=c.hop_token)
 
     def static_maps(self) -> dict[str, dict[str, str]]:
         hosts: dict[str, str] = {}

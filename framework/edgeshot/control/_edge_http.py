@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .._config_file import toml_text
+from ..agent.auth import read_secret, token_hash
 from ._edges import (
     EdgeStatus,
     PlacementOrder,
@@ -163,6 +164,8 @@ def write_edge_configs(state: Path, plan: Any, tokens: dict[str, str],
             "api_port": host.ports["edge"], "state_dir": e["state_dir"],
             "tokens_file": str(state / "tokens" / "edge.toml"),
             "agent_token_file": tokens["edge-agent"], **options}
+        if "dispatcher-hop" in tokens:  # the edges trust the region the dispatcher sets
+            cfg["dispatcher_hop_sha256"] = token_hash(read_secret(tokens["dispatcher-hop"]))
         text = toml_text(cfg)
         for s in plan.servers:
             if s.edgepoint == ep.name:

@@ -163,7 +163,8 @@ class LocalNetwork:
             edge_token_file=Path(tokens["controller-edge"]),
             edges={ep: e["url"] for ep, e in edges.items()},
             agents={s: a["url"] for s, a in agents.items()}, tick_s=tick_s,
-            dispatcher=DispatcherSection(simulate_latency=simulate_latency),
+            dispatcher=DispatcherSection(simulate_latency=simulate_latency,
+                                         hop_token_file=Path(tokens["dispatcher-hop"])),
             canary=canary or CanarySection())
         (state / "controller.toml").write_text(cfg.to_toml())
         manifest = Manifest(
@@ -200,6 +201,10 @@ class LocalNetwork:
         issue("edge.toml", "controller-edge", [auth.CONTROLLER_EDGE])
         issue("edge.toml", "operator", [auth.OPERATOR])
         issue("controller.toml", "operator", [auth.OPERATOR])
+        hop = sdir / "dispatcher-hop.token"  # the dispatcher's proof to the edges
+        if not hop.exists():
+            auth.write_secret(hop, auth.new_token())
+        secrets["dispatcher-hop"] = str(hop)
         for owner in sorted({a.owner for a in plan.apps}):
             issue("controller.toml", f"owner-{owner}", [auth.owner_scope(owner)])
         for vendor in sorted({a.vendor for a in plan.apps}):

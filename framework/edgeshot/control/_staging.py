@@ -333,7 +333,9 @@ class Staging:
         host = app.hosts[0] if app.hosts else None
         work = self.c.state_dir / "capacity" / f"{test_id}-{app.name}-{app.version}"
         try:
-            res = await _capacity.run(url, host, key, spec, work)
+            hop_file = self.c.config.dispatcher.hop_token_file
+            res = await _capacity.run(url, host, key, spec, work,
+                                      hop=auth.read_secret(hop_file) if hop_file else None)
             state, result = ("passed" if res.passed else "failed"), res.to_json()
         except asyncio.CancelledError:
             state, result = "error", {"reasons": ["stopped: the version was unstaged"]}

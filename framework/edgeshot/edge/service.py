@@ -158,6 +158,11 @@ class EdgeConfig(BaseModel):
                                      "the instance is replaced (at once when its agent says "
                                      "it failed or is gone)")
     keep_haproxy: bool = Field(False, description="leave HAProxy running when the edge stops")
+    dispatcher_hop_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the token the network's "
+        "dispatcher sends in X-Edgeshot-Hop: only requests carrying it keep their "
+        "X-Edgeshot-Region and X-Forwarded-For (others lose the first, get the second "
+        "overwritten with their own address)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @classmethod
@@ -337,6 +342,7 @@ class Edge:
                                    queue_limit=cfg.activator_queue,
                                    timeout_s=cfg.activator_timeout_s,
                                    retry_after_s=cfg.retry_after_s)
+        self.activator.hop_sha256 = cfg.dispatcher_hop_sha256
         self.logs: LogReceiver | None = None
         self.log_every = 1  # HAProxy logs 1 request in this many (adapted to the rate)
         self.log_port = self._saved_log_port()
@@ -709,7 +715,8 @@ class Edge:
         self.hconf = H.HAProxyConf(edgepoint=self.cfg.edgepoint, listen=self.cfg.listen,
                                    http_port=self.cfg.http_port, run_dir=self.run_dir,
                                    apps=tuple(apps), log_port=self.log_port,
-                                   log_every=self.log_every, nbthread=self.cfg.nbthread)
+                                   log_every=self.log_every, nbthread=self.cfg.nbthread,
+                                   hop_sha256=self.cfg.dispatcher_hop_sha256)
         return self.hconf
 
     async def _start_haproxy(self) -> None:
