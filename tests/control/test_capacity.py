@@ -29,8 +29,8 @@ from pathlib import Path
 
 import pytest
 
-from dashboards.netkit import AppDef, write_policy  # noqa: I001  (tests/dashboards)
 from _netkit import as_dispatcher
+from dashboards.netkit import AppDef, write_policy  # noqa: I001  (tests/dashboards)
 from edgeshot.agent import auth
 from edgeshot.control._localnet import LocalNetwork
 
