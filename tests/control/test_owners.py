@@ -283,3 +283,64 @@ async def test_a_deploy_with_its_own_canary_policy(net):
     assert got == 202, body
     dep = body["deployment"]
     assert dep["kind"] == "canary" and dep["policy"]["max_error_rate"] == 0.5
+
+
+def test_the_state_is_its_users_only(net):
+    """Tokens, databases, configurations and logs of the network, the controller and the
+    edges: 0600 files in 0700 directories (the agents' pods' files are issue 13's)."""
+    loose = []
+    for d in (net.state_dir, *(p for p in net.state_dir.iterdir()
+                               if p.is_dir() and p.name != "agents")):
+        for p in [d] if d == net.state_dir else [d, *d.rglob("*")]:
+            if p.is_symlink() or p.is_socket():
+                continue
+            if p.stat().st_mode & 0o077:
+                loose.append(f"{p.relative_to(net.state_dir)} {p.stat().st_mode & 0o777:o}")
+    for p in net.state_dir.iterdir():
+        if p.is_file() and p.stat().st_mode & 0o077:
+            loose.append(f"{p.name} {p.stat().st_mode & 0o777:o}")
+    assert loose == []
+
+
+async def test_the_dispatchers_stats_are_on_a_private_unix_socket_only(net):
+    ctl = net.plan().controller
+    with pytest.raises(OSError):  # the plan's stats port: nothing listens
+        _, w = await asyncio.open_connection(ctl.address, ctl.ports["stats"])
+        w.close()
+    sock = net.state_dir / "controller" / "dispatcher" / "stats.sock"
+    assert sock.stat().st_mode & 0o777 == 0o600
+    conn = aiohttp.UnixConnector(path=str(sock))
+    async with aiohttp.ClientSession(connector=conn) as s, s.get("http://x/metrics") as r:
+        assert r.status == 200 and "haproxy_frontend_" in await r.text()
+
+
+async def test_failed_authentications_are_throttled_per_source_with_a_metric(net):
+    """The last test of the module: its guesser (127.0.0.3) is locked out a minute."""
+    url = net.manifest.controller_url
+    guesser = aiohttp.TCPConnector(local_addr=("127.0.0.3", 0))
+    statuses = []
+    async with aiohttp.ClientSession(connector=guesser) as s:
+        for i in range(60):  # a burst of 20 failures, draining one per 3 s meanwhile
+            async with s.get(url + "/v1/status", headers={
+                    "Authorization": f"Bearer est1_{i:043d}"}) as r:
+                statuses.append(r.status)
+                retry = r.headers.get("Retry-After")
+            if r.status == 429:
+                break
+        assert statuses[:20] == [401] * 20 and statuses[-1] == 429, statuses
+        assert set(statuses) == {401, 429} and retry and int(retry) >= 1
+        # locked out: a valid token from there too (the answer tells a guesser nothing)
+        async with s.get(url + "/v1/status",
+                         headers={"Authorization": f"Bearer {net.token()}"}) as r:
+            assert r.status == 429
+        async with s.post(url + "/dash/login", data={"token": net.token()},
+                          headers={"Origin": url}, allow_redirects=False) as r:
+            assert r.status == 429 and "too many failed logins" in await r.text()
+    # everyone else is not: the operator reads the counts
+    got, text = await call(net, "GET", "/metrics", token="operator")
+    assert got == 200
+    fails = next(float(l.split()[-1]) for l in text.splitlines()
+                 if l.startswith("edgeshot_controller_auth_failures_total"))
+    throttled = next(float(l.split()[-1]) for l in text.splitlines()
+                     if l.startswith("edgeshot_controller_auth_throttled_total"))
+    assert fails >= 20 and throttled >= 3

@@ -194,6 +194,15 @@ class _Collector:
 
     def collect(self):
         c = self.c
+        fails = CounterMetricFamily("edgeshot_controller_auth_failures",
+                                    "failed authentications (unknown tokens, refused logins)")
+        fails.add_metric([], c.auth_throttle.failures)
+        yield fails
+        throttled = CounterMetricFamily("edgeshot_controller_auth_throttled",
+                                        "requests refused (429) after too many failures from "
+                                        "their address")
+        throttled.add_metric([], c.auth_throttle.throttled)
+        yield throttled
         ticks = CounterMetricFamily("edgeshot_controller_ticks", "routing ticks done")
         ticks.add_metric([], c.ticks)
         yield ticks
@@ -237,7 +246,8 @@ async def index(request: web.Request) -> web.Response:
 
 
 def build_app(controller: Controller) -> web.Application:
-    app = web.Application(middlewares=[auth.middleware(controller.tokens)],
+    app = web.Application(middlewares=[auth.middleware(controller.tokens,
+                                                       controller.auth_throttle)],
                           client_max_size=16 << 20)
     app[CONTROLLER_KEY] = controller
     reg = CollectorRegistry()

@@ -86,6 +86,9 @@ class Controller:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(self.state_dir / "controller.db")
         self.tokens = auth.TokenStore.from_file(config.tokens_file)
+        # failed authentications per source, for the API's bearer tokens and the dashboards'
+        # login alike
+        self.auth_throttle = auth.Throttle()
         self.regions = user_regions(self.plan)
         self.geometry = Geometry()
         self.policy = DispatchPolicy()
@@ -145,7 +148,6 @@ class Controller:
         ctl = self.plan.controller
         address = d.address or ctl.address or "127.0.0.1"
         port = d.http_port or ctl.ports["http"]
-        stats = d.stats_port if d.stats_port is not None else ctl.ports.get("stats")
         geo: dict[str, str] = {}
         if d.geo_file:
             for line in Path(d.geo_file).read_text().splitlines():
@@ -154,7 +156,7 @@ class Controller:
                     geo[parts[0]] = parts[1]
         return GlobalDispatcher(DispatcherConfig(
             state_dir=self.state_dir / "dispatcher", bind=f"{address}:{port}",
-            stats_bind=f"{address}:{stats}" if stats else None, redirect=d.mode == "redirect",
+            stats=d.stats_port != 0, redirect=d.mode == "redirect",
             simulate_latency=d.simulate_latency, regions=tuple(self.regions), geo=geo,
             haproxy=d.haproxy, check_inter_ms=d.check_inter_ms,
             hop_token=auth.read_secret(d.hop_token_file) if d.hop_token_file else None))

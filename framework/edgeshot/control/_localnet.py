@@ -92,10 +92,7 @@ class Manifest:
     created: float = field(default_factory=time.time)
 
     def save(self, state_dir: Path) -> None:
-        path = state_dir / MANIFEST
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        tmp.replace(path)
+        _write_secret_file(state_dir / MANIFEST, json.dumps(asdict(self), indent=1))
 
     @classmethod
     def read(cls, state_dir: Path) -> Manifest:
@@ -105,6 +102,21 @@ class Manifest:
         data = json.loads(path.read_text())
         data["processes"] = [Proc(**p) for p in data.get("processes", [])]
         return cls(**data)
+
+
+def _private(fn: Any) -> Any:
+    """Files the wrapped call creates are its user's only (0600, directories 0700): the
+    state holds token hashes, databases, configurations and logs."""
+    import functools
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        old = os.umask(0o077)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            os.umask(old)
+    return run
 
 
 def _tag(state_dir: Path) -> str:
@@ -129,6 +141,7 @@ class LocalNetwork:
     # ------------------------------------------------------------------ files
 
     @classmethod
+    @_private
     def create(cls, policy: str | os.PathLike[str], state_dir: str | os.PathLike[str], *,
                local: bool = False, http_port: int | None = None,
                simulate_latency: bool = True, canary: CanarySection | None = None,
@@ -264,14 +277,15 @@ class LocalNetwork:
     def _spawn(self, name: str, kind: str, argv: list[str], health_url: str | None,
                cwd: Path) -> Proc:
         logs = self.state_dir / "logs"
-        logs.mkdir(exist_ok=True)
+        logs.mkdir(exist_ok=True, mode=0o700)
         log = logs / f"{name.replace(' ', '-')}.log"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("EDGESHOT_STATE", None)
-        with open(log, "ab") as f:
+        with open(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as f:
+            # the agent keeps its umask: its pods' files are for their own users (issue 13)
             p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL, cwd=cwd, env=env,
-                                 start_new_session=True)
+                                 start_new_session=True, umask=-1 if kind == "agent" else 0o077)
         proc = Proc(name=name, kind=kind, argv=argv, pid=p.pid, log=str(log),
                     health_url=health_url)
         self.manifest.processes.append(proc)
@@ -438,6 +452,7 @@ def _run_coroutine(fn: Any) -> Any:
 
 
 def _write_secret_file(path: Path, text: str) -> None:
+    """Atomically, 0600: every file of the network's state is its user's only."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -446,10 +461,7 @@ def _write_secret_file(path: Path, text: str) -> None:
 
 
 def _write_procs(state: Path, procs: list[Proc]) -> None:
-    path = state / PROCESSES
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps([asdict(p) for p in procs], indent=1))
-    tmp.replace(path)
+    _write_secret_file(state / PROCESSES, json.dumps([asdict(p) for p in procs], indent=1))
 
 
 def _read_procs(state: Path) -> list[Proc]:
