@@ -339,8 +339,8 @@ async def test_failed_authentications_are_throttled_per_source_with_a_metric(net
     # everyone else is not: the operator reads the counts
     got, text = await call(net, "GET", "/metrics", token="operator")
     assert got == 200
-    fails = next(float(l.split()[-1]) for l in text.splitlines()
-                 if l.startswith("edgeshot_controller_auth_failures_total"))
-    throttled = next(float(l.split()[-1]) for l in text.splitlines()
-                     if l.startswith("edgeshot_controller_auth_throttled_total"))
+    fails = next(float(line.split()[-1]) for line in text.splitlines()
+                 if line.startswith("edgeshot_controller_auth_failures_total"))
+    throttled = next(float(line.split()[-1]) for line in text.splitlines()
+                     if line.startswith("edgeshot_controller_auth_throttled_total"))
     assert fails >= 20 and throttled >= 3
