@@ -302,6 +302,15 @@ def test_the_state_is_its_users_only(net):
     assert loose == []
 
 
+async def test_an_edges_token_reaches_its_own_edgepoints_agents_only(net):
+    async with aiohttp.ClientSession() as s:
+        for ep, server, status in (("eu", "eu-1", 200), ("eu", "us-1", 401),
+                                   ("us", "us-1", 200), ("us", "eu-1", 401)):
+            async with s.get(net.manifest.agents[server]["url"] + "/v1/instances", headers={
+                    "Authorization": f"Bearer {net.token(f'edge-agent-{ep}')}"}) as r:
+                assert r.status == status, (ep, server, await r.text())
+
+
 async def test_the_dispatchers_stats_are_on_a_private_unix_socket_only(net):
     ctl = net.plan().controller
     with pytest.raises(OSError):  # the plan's stats port: nothing listens

@@ -163,7 +163,7 @@ def write_edge_configs(state: Path, plan: Any, tokens: dict[str, str],
             "edgepoint": ep.name, "listen": host.address, "http_port": host.ports["http"],
             "api_port": host.ports["edge"], "state_dir": e["state_dir"],
             "tokens_file": str(state / "tokens" / "edge.toml"),
-            "agent_token_file": tokens["edge-agent"], **options}
+            "agent_token_file": tokens[f"edge-agent-{ep.name}"], **options}
         if "dispatcher-hop" in tokens:  # the edges trust the region the dispatcher sets
             cfg["dispatcher_hop_sha256"] = token_hash(read_secret(tokens["dispatcher-hop"]))
         text = toml_text(cfg)

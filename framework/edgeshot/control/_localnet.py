@@ -119,6 +119,12 @@ def _private(fn: Any) -> Any:
     return run
 
 
+def _agent_tokens(edgepoint: str) -> str:
+    """The tokens file of an edgepoint's agents (under tokens/): the controller's, the
+    operator's and that edgepoint's edge process's token — never another edge's."""
+    return f"agent-{edgepoint}.toml"
+
+
 def _tag(state_dir: Path) -> str:
     """Three letters from the state directory, so that the netns prefixes of two networks
     on one machine differ (17,576 tags; a prefix is the tag and the server's number)."""
@@ -208,9 +214,10 @@ class LocalNetwork:
                 auth.issue_token(tdir / file, name, scopes, secret_file=path)
             secrets[secret or name] = str(path)
 
-        issue("agent.toml", "controller-agent", [auth.CONTROLLER_AGENT])
-        issue("agent.toml", "edge-agent", [auth.EDGE_AGENT])
-        issue("agent.toml", "operator", [auth.OPERATOR])
+        for ep in plan.edgepoints:  # each edgepoint's agents: their own edge's token only
+            issue(_agent_tokens(ep.name), "controller-agent", [auth.CONTROLLER_AGENT])
+            issue(_agent_tokens(ep.name), f"edge-agent-{ep.name}", [auth.EDGE_AGENT])
+            issue(_agent_tokens(ep.name), "operator", [auth.OPERATOR])
         issue("edge.toml", "controller-edge", [auth.CONTROLLER_EDGE])
         issue("edge.toml", "operator", [auth.OPERATOR])
         issue("controller.toml", "operator", [auth.OPERATOR])
@@ -237,7 +244,7 @@ class LocalNetwork:
             prefix = f"{tag}{i:x}"
             cfg = {"listen": s.address, "port": s.ports["agent"], "state_dir": str(d / "state"),
                    "edgepoint": s.edgepoint, "server": s.name,
-                   "tokens_file": str(state / "tokens" / "agent.toml"),
+                   "tokens_file": str(state / "tokens" / _agent_tokens(s.edgepoint or "")),
                    "slot_subnet": s.slot_subnet, "slot_prefix": prefix, "slots": s.slots,
                    "access_log": False, **options}
             (d / "agent.toml").write_text(toml_text(cfg))
