@@ -8,12 +8,16 @@ GET      /v1/status                       op, owner, vendor       the network; o
                                                                   see their apps only
 GET      /v1/routing                      op                      chains per app and region
 GET      /v1/events?after=&app=&limit=    op, owner               events (owners: their apps)
-POST     /v1/apps/{app}/deploy            op, owner (its apps)    202 {deployment}
+POST     /v1/apps/{app}/deploy            op, owner (its apps)    202 {deployment}; the plan
+                                                                  held to `_grants` (403/422)
 POST     /v1/apps/{app}/rollback          op, owner (its apps)    {from, to, seconds, edges}
 GET      /v1/apps/{app}/deployments       op, owner (its apps)    {deployments}
 GET      /v1/deployments/{id}             op, owner (its apps)    a deployment
 GET      /metrics                         op                      Prometheus text
 =======  ===============================  ======================  ==========================
+
+Every route needing a token answers 429 (Retry-After) to an address past its burst of
+failed authentications (`auth.Throttle`, shared with the dashboards' login).
 """
 
 from __future__ import annotations
