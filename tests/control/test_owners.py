@@ -324,7 +324,7 @@ async def test_the_dispatchers_stats_are_on_a_private_unix_socket_only(net):
 
 
 async def test_failed_authentications_are_throttled_per_source_with_a_metric(net):
-    """The last test of the module: its guesser (127.0.0.3) is locked out a minute."""
+    """Its guesser (127.0.0.3, an address no other test uses) is locked out a minute."""
     url = net.manifest.controller_url
     guesser = aiohttp.TCPConnector(local_addr=("127.0.0.3", 0))
     statuses = []
@@ -353,3 +353,23 @@ async def test_failed_authentications_are_throttled_per_source_with_a_metric(net
     throttled = next(float(line.split()[-1]) for line in text.splitlines()
                      if line.startswith("edgeshot_controller_auth_throttled_total"))
     assert fails >= 20 and throttled >= 3
+
+
+async def test_edges_and_agents_count_failed_authentications_too(net):
+    targets = (("edge", net.manifest.edges["eu"]["url"]),
+               ("agent", net.manifest.agents["eu-1"]["url"]))
+    async with aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(local_addr=("127.0.0.4", 0))) as s:
+        for _, base in targets:
+            for i in range(3):
+                async with s.get(base + "/v1/health",
+                                 headers={"Authorization": f"Bearer est1_{i:043d}"}) as r:
+                    assert r.status == 401
+    async with aiohttp.ClientSession() as s:
+        for component, base in targets:
+            async with s.get(base + "/metrics",
+                             headers={"Authorization": f"Bearer {net.token()}"}) as r:
+                text = await r.text()
+            count = next(float(line.split()[-1]) for line in text.splitlines()
+                         if line.startswith(f"edgeshot_{component}_auth_failures_total"))
+            assert count >= 3, (component, count)

@@ -397,6 +397,26 @@ class Throttle:
             self._level[source] = (self._now_level(source, now) + 1, now)
 
 
+class ThrottleCollector:
+    """A Prometheus collector of a throttle's counts: ``edgeshot_<component>_auth_failures_total``
+    and ``edgeshot_<component>_auth_throttled_total``."""
+
+    def __init__(self, throttle: Throttle, component: str) -> None:
+        self.throttle, self.component = throttle, component
+
+    def collect(self):  # noqa: ANN201 (prometheus_client's protocol)
+        from prometheus_client.core import CounterMetricFamily
+        fails = CounterMetricFamily(f"edgeshot_{self.component}_auth_failures",
+                                    "failed authentications (unknown tokens, refused logins)")
+        fails.add_metric([], self.throttle.failures)
+        yield fails
+        held = CounterMetricFamily(f"edgeshot_{self.component}_auth_throttled",
+                                   "requests refused (429) after too many failed "
+                                   "authentications from their address")
+        held.add_metric([], self.throttle.throttled)
+        yield held
+
+
 def throttled_response(seconds: int):
     return _json_error(429, "throttled", "too many failed authentications from this "
                        f"address: try again in {seconds} s", **{"Retry-After": str(seconds)})

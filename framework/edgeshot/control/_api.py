@@ -198,15 +198,7 @@ class _Collector:
 
     def collect(self):
         c = self.c
-        fails = CounterMetricFamily("edgeshot_controller_auth_failures",
-                                    "failed authentications (unknown tokens, refused logins)")
-        fails.add_metric([], c.auth_throttle.failures)
-        yield fails
-        throttled = CounterMetricFamily("edgeshot_controller_auth_throttled",
-                                        "requests refused (429) after too many failures from "
-                                        "their address")
-        throttled.add_metric([], c.auth_throttle.throttled)
-        yield throttled
+        yield from auth.ThrottleCollector(c.auth_throttle, "controller").collect()
         ticks = CounterMetricFamily("edgeshot_controller_ticks", "routing ticks done")
         ticks.add_metric([], c.ticks)
         yield ticks

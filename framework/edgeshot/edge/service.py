@@ -360,6 +360,8 @@ class Edge:
     # -- metrics -----------------------------------------------------------------------
     def _init_metrics(self) -> None:
         r = self.registry = CollectorRegistry()
+        self.auth_throttle = auth.Throttle()  # failed authentications per source address
+        r.register(auth.ThrottleCollector(self.auth_throttle, "edge"))
         lab = ("app", "version", "edgepoint", "owner")
         self.m_instances = Gauge("edgeshot_edge_instances", "instances by state", (*lab, "state"),
                                  registry=r)
@@ -1830,7 +1832,8 @@ def build_api(edge: Edge) -> web.Application:
         await edge.reload()
         return _json({"worker": edge.worker})
 
-    app = web.Application(middlewares=[_errors, auth.middleware(tokens)], client_max_size=64 << 20)
+    app = web.Application(middlewares=[_errors, auth.middleware(tokens, edge.auth_throttle)],
+                          client_max_size=64 << 20)
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/placements", get_placements)
     app.router.add_put("/v1/placements", put_placements)
