@@ -33,6 +33,12 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+def as_dispatcher(net) -> dict[str, str]:
+    """The header that makes a request to an edgepoint's data path count as the network's
+    dispatcher's (its X-Edgeshot-Region kept): for tests that play users of a region."""
+    return {"X-Edgeshot-Hop": net.token("dispatcher-hop")}
+
+
 def regions_of(edgepoints: Sequence[tuple]) -> tuple[str, ...]:
     return tuple(e[1] for e in edgepoints)
 

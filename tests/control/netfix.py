@@ -11,6 +11,7 @@ from _netkit import REPO, TWO_EDGEPOINTS, hello_app, regions_of, write_network_p
 from edgeshot.control._edges import (
     EdgeStatus,
     PlacementOrder,
+    PlacementRefused,
     PlacementStatus,
     VersionFigures,
 )
@@ -68,6 +69,7 @@ class FakeEdge:
     pushes: int = 0
     figures: dict[str, dict[str, VersionFigures]] = field(default_factory=dict)  # app -> v -> f
     at_capacity: set[str] = field(default_factory=set)
+    refuse: set[str] = field(default_factory=set)  # "app version": refused like a real edge
 
     async def status(self) -> EdgeStatus:
         if not self.healthy:
@@ -83,8 +85,14 @@ class FakeEdge:
     async def set_placements(self, orders: list[PlacementOrder]) -> None:
         if not self.healthy:
             raise ConnectionError(f"{self.name} unreachable")
-        self.orders = list(orders)
         self.pushes += 1
+        bad = {o.id for o in orders if any(f"{o.app} {v.version}" in self.refuse
+                                            for v in o.versions)}
+        kept = {o.id: o for o in self.orders if o.id in bad}
+        self.orders = [kept[o.id] if o.id in bad else o for o in orders
+                       if o.id not in bad or o.id in kept]
+        if bad:
+            raise PlacementRefused(f"placements {sorted(bad)} refused", frozenset(bad))
 
     async def close(self) -> None:
         pass

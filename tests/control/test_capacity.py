@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from _netkit import as_dispatcher
 from dashboards.netkit import AppDef, write_policy  # noqa: I001  (tests/dashboards)
 from edgeshot.agent import auth
 from edgeshot.control._localnet import LocalNetwork
@@ -83,7 +84,8 @@ class Net:
 
     def get(self, path: str = "/version", token: str | None = None,
             via: str | None = None) -> str:
-        headers = {"Host": "cap.test", "X-Edgeshot-Region": "eu-central"}
+        headers = {"Host": "cap.test", "X-Edgeshot-Region": "eu-central",
+                   **as_dispatcher(self.net)}
         if token is not None:
             headers["X-Edgeshot-Stage"] = token
         status, text = http((via or self.edge) + path, headers=headers)

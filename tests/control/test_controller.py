@@ -240,3 +240,20 @@ async def test_a_changed_plan_replaces_what_the_old_one_left_on_the_agents(ctl):
     row = c.store.version("hello", "1.0")
     assert row["state"] == "distributed" and '"GREETING":"changed"' in row["plan"]
     assert c.fake["eu"].orders[-1].versions[0].plan["tiers"][0]["env"] == {"GREETING": "changed"}
+
+
+async def test_a_deploy_an_edge_refuses_fails_and_the_old_version_keeps_serving(ctl):
+    from edgeshot.control._deploy import DeployError
+    c, eu, us = ctl, ctl.fake["eu"], ctl.fake["us"]
+    await c.deploy.start_app(c.plan.app("hello"))
+    eu.refuse.add("hello 1.5")
+    with pytest.raises(DeployError, match="edgepoint.s. eu refused its placements; the "
+                       "previous version keeps serving"):
+        await c.deploy.deploy(version(c, "1.5"), canary=None)
+    assert c.store.app("hello")["primary_version"] == "1.0"
+    assert eu.weights("hello") == us.weights("hello") == {"1.0": 100}
+    (dep,) = [d for d in c.store.deployments("hello") if d["to_version"] == "1.5"]
+    assert dep["phase"] == "rolled_back"
+    assert dep["reasons"][-1]["reasons"] == ["refused by edgepoint(s) eu"]
+    kinds = [e["kind"] for e in c.store.events(limit=1000, app="hello")]
+    assert "deploy-refused" in kinds

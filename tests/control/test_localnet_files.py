@@ -43,11 +43,16 @@ def test_files_tokens_and_configurations(tmp_path):
     # secrets: 0600, and each service accepts exactly the scopes it should
     for path in m.tokens.values():
         assert stat.S_IMODE((tmp_path / "s" / "secrets" / path.split("/")[-1]).stat().st_mode) == 0o600
-    agent_tokens = auth.TokenStore.from_file(tmp_path / "s" / "tokens" / "agent.toml")
+    agent_tokens = auth.TokenStore.from_file(tmp_path / "s" / "tokens" / "agent-eu.toml")
     edge_tokens = auth.TokenStore.from_file(tmp_path / "s" / "tokens" / "edge.toml")
     ctl_tokens = auth.TokenStore.from_file(tmp_path / "s" / "tokens" / "controller.toml")
     assert agent_tokens.authenticate(net.token("controller-agent")).has(auth.CONTROLLER_AGENT)
-    assert agent_tokens.authenticate(net.token("edge-agent")).has(auth.EDGE_AGENT)
+    assert agent_tokens.authenticate(net.token("edge-agent-eu")).has(auth.EDGE_AGENT)
+    assert agent_tokens.authenticate(net.token("edge-agent-us")) is None  # a token per edge
+    for ep in ("eu", "us", "ap"):  # each edge has its own, its agents accept only it
+        assert f"edge-agent-{ep}.token" in open(m.edges[ep]["config"]).read()
+        for s in (s for s in net.plan().servers if s.edgepoint == ep):
+            assert f"agent-{ep}.toml" in open(m.agents[s.name]["config"]).read()
     assert agent_tokens.authenticate(net.token("controller-edge")) is None
     assert edge_tokens.authenticate(net.token("controller-edge")).has(auth.CONTROLLER_EDGE)
     assert edge_tokens.authenticate(net.token("controller-agent")) is None

@@ -99,6 +99,7 @@ class Sent:
     counts: Counter = field(default_factory=Counter)
     ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))  # GET /, 200
     all_ms: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    headers: dict[str, str] = field(default_factory=dict)  # sent with every request
 
     def requests(self, app: str | None = None, edgepoint: str | None = None,
                  region: str | None = None) -> int:
@@ -122,7 +123,7 @@ async def send(sent: Sent, public_url: str, edgepoint: str, app: AppDef, region:
             async with sem:
                 t0 = time.perf_counter()
                 async with s.get(public_url + path, headers={
-                        "Host": app.host, "X-Edgeshot-Region": region},
+                        "Host": app.host, "X-Edgeshot-Region": region, **sent.headers},
                         timeout=aiohttp.ClientTimeout(total=60)) as r:
                     await r.read()
                     status = r.status
@@ -145,7 +146,7 @@ async def until_routable(sent: Sent, public_url: str, edgepoint: str, app: AppDe
         while True:
             t0 = time.perf_counter()
             async with s.get(public_url + "/healthz", headers={
-                    "Host": app.host, "X-Edgeshot-Region": region},
+                    "Host": app.host, "X-Edgeshot-Region": region, **sent.headers},
                     timeout=aiohttp.ClientTimeout(total=60)) as r:
                 await r.read()
                 if r.status != 404:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from _netkit import as_dispatcher
 from edgeshot.agent import auth
 from edgeshot.control import billing
 from edgeshot.control._localnet import LocalNetwork
@@ -124,7 +125,7 @@ def world(tmp_path_factory):
     w = None
     try:
         net.start(timeout=90)
-        w = World(net, Sent(), shots)
+        w = World(net, Sent(headers=as_dispatcher(net)), shots)
         _wait("both apps serving", lambda: all(
             a["primary"] for a in _json(f"{w.base}/v1/status", w.op)["apps"]), timeout=240)
         _wait("every edge has its placements", lambda: all(

@@ -40,7 +40,10 @@ class Backend:
                 body = json.dumps({"name": outer.name, "method": self.command,
                                    "path": self.path, "len": len(body_in),
                                    "host": self.headers.get("Host"),
-                                   "app": self.headers.get("X-Edgeshot-App")}).encode()
+                                   "app": self.headers.get("X-Edgeshot-App"),
+                                   "region": self.headers.get("X-Edgeshot-Region"),
+                                   "forwarded_for": self.headers.get("X-Forwarded-For")
+                                   }).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))

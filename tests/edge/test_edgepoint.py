@@ -244,13 +244,21 @@ def test_counts_survive_reload_and_edge_restarts_exactly_once(edges, origin):
     assert all(r.cpu_seconds == 0 and r.memory_gb_seconds == 0 for r in recs)
 
 
+HOP = "est1_" + "h" * 43  # the dispatcher's hop token in these tests
+
+
 def test_latency_and_region_history_are_stored_and_served(edges, origin):
-    e = edges().start()
+    from edgeshot.agent.auth import token_hash
+    e = edges(dispatcher_hop_sha256=token_hash(HOP)).start()
     place(e, origin, min=1, idle_s=300)
     wait_for(lambda: pl(e).ready == 1, 30)
     for region, n in (("eu-central", 12), ("us-east", 5)):
         for _ in range(n):
-            assert e.get("/catalog", headers={"X-Edgeshot-Region": region})[0] == 200
+            assert e.get("/catalog", headers={"X-Edgeshot-Region": region,
+                                              "X-Edgeshot-Hop": HOP})[0] == 200
+    for hop in ("est1_" + "x" * 43, None):  # a user's own region header: not taken
+        assert e.get("/catalog", headers={"X-Edgeshot-Region": "forged", **(
+            {"X-Edgeshot-Hop": hop} if hop else {})})[0] == 200
     e.stop()  # flushes the current minute too
     e.start()
     lat = e.call(lambda c: c.latency_history(app="shop"))
@@ -263,7 +271,7 @@ def test_latency_and_region_history_are_stored_and_served(edges, origin):
     counts = {}
     for m in reg.minutes:
         counts[m.region] = counts.get(m.region, 0) + m.requests
-    assert counts["eu-central"] == 12 and counts["us-east"] == 5
+    assert counts["eu-central"] == 12 and counts["us-east"] == 5 and "forged" not in counts
     # an owner sees its own apps' history, another scope nothing at all
     assert e.call(lambda c: c.latency_history(app="shop"), token=e.tokens.owner).minutes
     with pytest.raises(Forbidden):
@@ -313,6 +321,56 @@ def test_without_haproxy_the_activator_serves_the_data_path(edges, origin):
     assert cookie.startswith("ES_shop=")
     assert e.get("/catalog", headers={"Cookie": cookie})[0] == 200
     assert json.loads(e.get("/account/bob")[2])["name"] == "origin"
+    seen = json.loads(e.get("/account/bob", headers={"X-Edgeshot-Region": "forged",
+                                                     "X-Forwarded-For": "6.6.6.6"})[2])
+    assert (seen["region"], seen["forwarded_for"]) == (None, "127.0.0.1")  # not the user's
     assert e.get("/catalog", host="evil.example.net")[0] == 404
     assert not e.haproxy_pids()
     wait_for(lambda: usage_total(e)[0] == 2, 10, what="usage of the two edge requests")
+
+
+def broken_placement(a, name: str = "bad"):
+    """Another app beside ``a`` whose route regex does not compile (not what its path
+    compiles to: a plan no controller compiled)."""
+    route = a.app.routes[0].model_copy(update={"regex": "^(/x"})
+    app = a.app.model_copy(update={"name": name, "hosts": (f"{name}.test",),
+                                   "routes": (route, *a.app.routes[1:])})
+    return a.model_copy(update={"app": app, "placement": a.placement.model_copy(
+        update={"app": name, "id": f"{name}/eu"})})
+
+
+def test_a_placement_that_does_not_compile_is_refused_and_never_blocks_the_others(edges,
+                                                                                   origin):
+    from edgeshot.edge.client import Invalid
+    e = edges().start()
+    a = place(e, origin, idle_s=300)
+    assert e.get("/catalog")[0] == 200
+    newer = a.model_copy(update={"cost_ceiling": 2})
+    with pytest.raises(Invalid) as err:  # the good one applied, the bad one refused
+        e.call(lambda c: c.set_placements([newer, broken_placement(a)]))
+    assert err.value.code == "refused"
+    assert err.value.message.startswith("placement bad/eu (app bad): app.routes.0.regex: "
+                                        "'^(/x' is not what")
+    placed = e.call(lambda c: c.placements())
+    assert [(p.id, p.cost_ceiling) for p in placed] == [("shop/eu", 2)]
+    assert e.get("/catalog")[0] == 200
+    # a bad new version of a placed app: refused, its old assignment keeps serving
+    with pytest.raises(Invalid, match="placement shop/eu"):
+        e.call(lambda c: c.set_placements([broken_placement(a, "shop")]))
+    assert [p.app.routes for p in e.call(lambda c: c.placements())] == [a.app.routes]
+    assert e.get("/catalog")[0] == 200
+    # a bad placement in the store (written by an older edge): quarantined at start
+    e.stop()
+    import sqlite3
+    db = sqlite3.connect(e.state / "edge.db")
+    with db:
+        db.execute("INSERT INTO placements VALUES (?, ?)",
+                   ("bad/eu", broken_placement(a).model_dump_json()))
+    db.close()
+    e.start()
+    health = e.call(lambda c: c.health())
+    assert list(health.quarantined) == ["bad/eu"] and "routes.0.regex" in health.quarantined[
+        "bad/eu"]
+    assert [p.id for p in e.call(lambda c: c.placements())] == ["shop/eu"]
+    assert e.get("/catalog")[0] == 200
+    assert "quarantined" in e.log_text()

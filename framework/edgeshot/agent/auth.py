@@ -349,6 +349,75 @@ def read_secret(path: str | os.PathLike[str]) -> str:
     raise AuthError(f"{path} holds no token")
 
 
+# ---------------------------------------------------------------- throttling
+
+
+class Throttle:
+    """Failed authentications per source address: a bucket of ``burst`` failures that
+    refills one every ``refill_s``. A source whose bucket is empty gets 429 for every
+    request that needs a token — valid or not, so that the answer tells a guesser
+    nothing — until it refills. Pure bookkeeping; the clock is injectable."""
+
+    def __init__(self, burst: int = 20, refill_s: float = 3.0,
+                 clock: Callable[[], float] = time.monotonic, max_sources: int = 100_000
+                 ) -> None:
+        self.burst, self.refill_s, self.clock, self.max_sources = burst, refill_s, clock, max_sources
+        self._level: dict[str, tuple[float, float]] = {}  # source -> (failures, at)
+        self.failures = 0  # counters, for the services' metrics
+        self.throttled = 0
+        self._lock = threading.Lock()
+
+    def _now_level(self, source: str, now: float) -> float:
+        level, at = self._level.get(source, (0.0, now))
+        return max(0.0, level - (now - at) / self.refill_s)
+
+    def retry_after(self, source: str) -> int | None:
+        """Seconds until ``source`` may try again (None: it may now); counts a refusal."""
+        with self._lock:
+            now = self.clock()
+            level = self._now_level(source, now)
+            if level < self.burst:
+                return None
+            self.throttled += 1
+            return max(1, int((level - self.burst + 1) * self.refill_s + 0.999))
+
+    def failed(self, source: str) -> None:
+        with self._lock:
+            now = self.clock()
+            self.failures += 1
+            if len(self._level) >= self.max_sources:  # forget the sources that refilled
+                kept = {s: v for s, v in self._level.items() if self._now_level(s, now) > 0}
+                if len(kept) >= self.max_sources:  # still full: the oldest half goes
+                    kept = dict(list(kept.items())[len(kept) // 2:])
+                self._level = kept
+            self._level[source] = (self._now_level(source, now) + 1, now)
+
+
+class ThrottleCollector:
+    """A Prometheus collector of a throttle's counts: ``edgeshot_<component>_auth_failures_total``
+    and ``edgeshot_<component>_auth_throttled_total``."""
+
+    def __init__(self, throttle: Throttle, component: str) -> None:
+        self.throttle, self.component = throttle, component
+
+    def collect(self):  # noqa: ANN201 (prometheus_client's protocol)
+        from prometheus_client.core import CounterMetricFamily
+        fails = CounterMetricFamily(f"edgeshot_{self.component}_auth_failures",
+                                    "failed authentications (unknown tokens, refused logins)")
+        fails.add_metric([], self.throttle.failures)
+        yield fails
+        held = CounterMetricFamily(f"edgeshot_{self.component}_auth_throttled",
+                                   "requests refused (429) after too many failed "
+                                   "authentications from their address")
+        held.add_metric([], self.throttle.throttled)
+        yield held
+
+
+def throttled_response(seconds: int):
+    return _json_error(429, "throttled", "too many failed authentications from this "
+                       f"address: try again in {seconds} s", **{"Retry-After": str(seconds)})
+
+
 # ---------------------------------------------------------------- aiohttp
 
 
@@ -382,10 +451,12 @@ def _json_error(status: int, code: str, message: str, **headers: str):
                         headers=headers)
 
 
-def middleware(store: TokenStore):
+def middleware(store: TokenStore, throttle: Throttle | None = None):
     """aiohttp middleware: 401 without a valid token, 403 without a scope the handler
     accepts; sets ``request["principal"]``. Unknown routes answer 401 to anonymous callers
-    (nothing about the API is revealed without a token)."""
+    (nothing about the API is revealed without a token). Failed authentications are
+    counted per source address (``throttle``, one per service): past its burst, 429."""
+    throttle = throttle or Throttle()
     from aiohttp import web
     from aiohttp.web_urldispatcher import MatchInfoError
 
@@ -397,10 +468,15 @@ def middleware(store: TokenStore):
         if declared is None and not isinstance(match, MatchInfoError):
             request["principal"] = None
             return await handler(request)
+        source = request.remote or "-"
+        if (wait := throttle.retry_after(source)) is not None:
+            return throttled_response(wait)
         principal = store.authorization(request.headers.get("Authorization"))
         if principal is None:
             why = "no bearer token" if not bearer(request.headers.get("Authorization")) \
                 else "unknown token"
+            if why == "unknown token":  # a guess (no token at all is a client's first try)
+                throttle.failed(source)
             log.info("401 %s %s from %s: %s", request.method, request.path, request.remote, why)
             return _json_error(401, "unauthorized", f"{why}: send 'Authorization: Bearer "
                                "<token>'", **{"WWW-Authenticate": 'Bearer realm="edgeshot"'})
@@ -418,4 +494,5 @@ def middleware(store: TokenStore):
                                f"for this endpoint (one of {sorted(declared)})")
         return await handler(request)
 
+    auth_middleware.throttle = throttle  # type: ignore[attr-defined]
     return auth_middleware

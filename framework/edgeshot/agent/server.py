@@ -245,6 +245,8 @@ class AgentServer:
         self.cfg = cfg
         self.tokens = tokens or auth.TokenStore.from_file(cfg.tokens_file)
         self.agent = Agent(cfg)
+        self.auth_throttle = auth.Throttle()  # failed authentications per source address
+        self.agent.metrics.registry.register(auth.ThrottleCollector(self.auth_throttle, "agent"))
         self.executor = concurrent.futures.ThreadPoolExecutor(
             cfg.workers, thread_name_prefix="agent")
         self._upload_locks: dict[str, asyncio.Lock] = {}
@@ -254,7 +256,8 @@ class AgentServer:
         return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     def app(self) -> web.Application:
-        app = web.Application(middlewares=[error_middleware, auth.middleware(self.tokens)],
+        app = web.Application(middlewares=[error_middleware, auth.middleware(
+                                  self.tokens, self.auth_throttle)],
                               client_max_size=1 << 20)
         for method, path, name in ROUTES:
             app.router.add_route(method, path, getattr(self, name))

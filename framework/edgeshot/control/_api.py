@@ -8,17 +8,22 @@ GET      /v1/status                       op, owner, vendor       the network; o
                                                                   see their apps only
 GET      /v1/routing                      op                      chains per app and region
 GET      /v1/events?after=&app=&limit=    op, owner               events (owners: their apps)
-POST     /v1/apps/{app}/deploy            op, owner (its apps)    202 {deployment}
+POST     /v1/apps/{app}/deploy            op, owner (its apps)    202 {deployment}; the plan
+                                                                  held to `_grants` (403/422)
 POST     /v1/apps/{app}/rollback          op, owner (its apps)    {from, to, seconds, edges}
 GET      /v1/apps/{app}/deployments       op, owner (its apps)    {deployments}
 GET      /v1/deployments/{id}             op, owner (its apps)    a deployment
 GET      /metrics                         op                      Prometheus text
 =======  ===============================  ======================  ==========================
+
+Every route needing a token answers 429 (Retry-After) to an address past its burst of
+failed authentications (`auth.Throttle`, shared with the dashboards' login).
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +38,7 @@ from edgeshot.agent.auth import METRICS, OPERATOR, public, requires
 
 from ._controller import Controller
 from ._deploy import DeployError
-from ._http import body_of, owned, requested_plan
+from ._http import body_of, int_param, owned, requested_plan
 from ._http import error as _error
 from ._staging import mount_staging
 from .dashboards import mount_dashboards
@@ -48,13 +53,31 @@ CONTROLLER_KEY = web.AppKey("controller", Controller)
 REGISTRY_KEY = web.AppKey("registry", CollectorRegistry)
 
 
+class PolicyRequest(BaseModel):
+    """A deployment's own canary analysis (`CanaryPolicy`); what is not given is the
+    controller's."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_error_rate: float | None = Field(None, ge=0, le=1)
+    max_response_ms: float | None = Field(None, gt=0, le=600_000)
+    threshold: int | None = Field(None, ge=1, le=100)
+    iterations: int | None = Field(None, ge=1, le=100)
+    step_weight: int | None = Field(None, ge=0, le=100)
+    max_weight: int | None = Field(None, ge=1, le=100)
+    min_requests: int | None = Field(None, ge=1, le=1_000_000)
+    baseline_margin: float | None = Field(None, ge=0, le=100)
+
+
 class DeployRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     version: str | None = Field(None, max_length=64)
     plan: dict[str, Any] | None = Field(None, description="the version's AppPlan (JSON)")
     source_dir: str | None = Field(None, max_length=4096)
     canary: int | None = Field(None, ge=1, le=99, description="percent of traffic")
-    policy: dict[str, Any] | None = None
+    policy: PolicyRequest | None = None
+    override_gate: str | None = Field(None, min_length=3, max_length=500, description=(
+        "operators only: why this version is rolled out without a passed capacity test "
+        "(logged as a gate-overridden event)"))
 
 
 def _ctl(request: web.Request) -> Controller:
@@ -97,11 +120,13 @@ async def routing(request: web.Request) -> web.Response:
 async def events(request: web.Request) -> web.Response:
     c = _ctl(request)
     p = _principal(request)
-    try:
-        after = int(request.query.get("after", "0"))
-        limit = max(1, min(1000, int(request.query.get("limit", "100"))))
-    except ValueError:
-        return _error(400, "invalid", "after and limit must be integers")
+    after = int_param(request.query.get("after"), "after", 0)
+    limit = int_param(request.query.get("limit"), "limit", 100, 1)
+    if isinstance(after, web.Response):
+        return after
+    if isinstance(limit, web.Response):
+        return limit
+    limit = min(1000, limit)
     app = request.query.get("app")
     rows = c.store.events(after=after, limit=limit, app=app)
     if not p.is_operator:
@@ -121,20 +146,17 @@ async def deploy(request: web.Request) -> web.Response:
     app_plan = requested_plan(c, p, name, body.plan, body.version, "deploy")
     if isinstance(app_plan, web.Response):
         return app_plan
-    if body.plan is not None and name not in {a.name for a in c.plan.apps}:
-        return _error(422, "invalid", f"{name!r} is not placed in this network's plan")
-    policy = None
-    if body.policy:
-        from ._canary import CanaryPolicy
-        try:
-            policy = CanaryPolicy(**{**vars(c.canary_policy), **body.policy})
-        except TypeError as exc:
-            return _error(422, "invalid", f"policy: {exc}")
+    policy = (replace(c.canary_policy, **body.policy.model_dump(exclude_none=True))
+              if body.policy else None)
     src = Path(body.source_dir) if body.source_dir else None
     if src is not None and not p.is_operator:
         return _error(403, "forbidden", "only operators may name a source directory")
+    if body.override_gate is not None and not p.is_operator:
+        return _error(403, "forbidden", "only operators may override the capacity gate")
+    override = f"{body.override_gate} (by {p.name})" if body.override_gate else None
     try:
-        dep = await c.deploy.deploy(app_plan, body.canary, source_dir=src, policy=policy)
+        dep = await c.deploy.deploy(app_plan, body.canary, source_dir=src, policy=policy,
+                                    override=override)
     except DeployError as exc:
         return _error(409, "deploy_failed", str(exc))
     return web.json_response({"deployment": c.store.deployment(dep)}, status=202)
@@ -161,10 +183,9 @@ async def app_deployments(request: web.Request) -> web.Response:
 
 @requires(OPERATOR, OWNER)
 async def deployment(request: web.Request) -> web.Response:
-    try:
-        dep_id = int(request.match_info["id"])
-    except ValueError:
-        return _error(400, "invalid", "a deployment id is an integer")
+    dep_id = int_param(request.match_info["id"], "a deployment id", 0, 1)
+    if isinstance(dep_id, web.Response):
+        return dep_id
     dep = _ctl(request).store.deployment(dep_id)
     if dep is None or _own_app(request, dep["app"]) is not None:
         return _error(404, "not_found", f"no deployment {dep_id}")
@@ -177,6 +198,7 @@ class _Collector:
 
     def collect(self):
         c = self.c
+        yield from auth.ThrottleCollector(c.auth_throttle, "controller").collect()
         ticks = CounterMetricFamily("edgeshot_controller_ticks", "routing ticks done")
         ticks.add_metric([], c.ticks)
         yield ticks
@@ -220,7 +242,8 @@ async def index(request: web.Request) -> web.Response:
 
 
 def build_app(controller: Controller) -> web.Application:
-    app = web.Application(middlewares=[auth.middleware(controller.tokens)],
+    app = web.Application(middlewares=[auth.middleware(controller.tokens,
+                                                       controller.auth_throttle)],
                           client_max_size=16 << 20)
     app[CONTROLLER_KEY] = controller
     reg = CollectorRegistry()

@@ -185,11 +185,12 @@ def _ms(v: float | None) -> str:
 
 
 async def run(url: str, host: str | None, token: str, spec: LoadSpec, workdir: Path, *,
-              instances: int = 1, timeout_s: float | None = None) -> CapacityResult:
+              instances: int = 1, timeout_s: float | None = None,
+              hop: str | None = None) -> CapacityResult:
     """Run the load (a locust child process) against `url` with the stage token; the
     analysis of every answer. The token goes in a 0600 file, never on a command line."""
     workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    cfg = {"url": url, "host": host, "token": token, "users": spec.users,
+    cfg = {"url": url, "host": host, "token": token, "hop": hop, "users": spec.users,
            "spawn_rate": spec.spawn_rate, "duration_s": spec.duration_s,
            "paths": [list(p) for p in spec.paths], "regions": list(spec.regions),
            "out": str(workdir / "samples.json")}

@@ -30,6 +30,8 @@ def main() -> None:
     paths = [(m, p, int(w)) for m, p, w in cfg["paths"]] or [("GET", "/", 1)]
     regions = cfg.get("regions") or [""]
     base = {"X-Edgeshot-Stage": cfg["token"]}
+    if cfg.get("hop"):  # the controller's load speaks as its dispatcher: regions are kept
+        base["X-Edgeshot-Hop"] = cfg["hop"]
     if cfg.get("host"):
         base["Host"] = cfg["host"]
     numbering = count()

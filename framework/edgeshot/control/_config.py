@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .._config_file import ConfigError, load_config, toml_text  # noqa: F401 (ConfigError: re-exported)
 from .._logging import LogFormat
+from ._grants import OwnerGrant
 from ._metering import MeteringSection
 
 
@@ -21,13 +22,19 @@ class DispatcherSection(_Section):
     enabled: bool = True
     address: str | None = Field(None, description="bind address (default: the plan's controller)")
     http_port: int | None = Field(None, ge=1, le=65535, description="default: the plan's")
-    stats_port: int | None = Field(None, ge=1, le=65535, description="default: the plan's; 0 off")
+    stats_port: int | None = Field(None, ge=0, le=0, description="0: no stats at all; "
+                                   "otherwise HAProxy's stats and /metrics are on the unix "
+                                   "socket stats.sock (0600) of the dispatcher's directory, "
+                                   "never on an unauthenticated TCP port")
     mode: Literal["proxy", "redirect"] = "proxy"
     simulate_latency: bool = Field(False, description="local networks: add each region's RTT")
     haproxy: str = "haproxy"
     check_inter_ms: int = Field(500, ge=50)
     geo_file: Path | None = Field(None, description="CIDR region lines, for clients without "
                                   "an X-Edgeshot-Region header")
+    hop_token_file: Path | None = Field(None, description="the token this dispatcher sends to "
+                                        "the edges (X-Edgeshot-Hop); they keep the region and "
+                                        "forwarding headers only from requests carrying it")
 
 
 class CanarySection(_Section):
@@ -63,6 +70,9 @@ class ControllerConfig(_Section):
     dispatcher: DispatcherSection = DispatcherSection()
     canary: CanarySection = CanarySection()
     metering: MeteringSection = MeteringSection()
+    owners: dict[str, OwnerGrant] = Field(default_factory=dict, description="per owner id: "
+                                          "routing keys, origins and quota the operator grants "
+                                          "beyond the owner's apps in the plan (_grants.py)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: LogFormat = Field("text", description="text, or json: one object a line")
 
@@ -70,8 +80,9 @@ class ControllerConfig(_Section):
     def load(cls, path: str | os.PathLike[str]) -> ControllerConfig:
         return load_config(cls, path, paths=(
             "state_dir", "plan", "base_dir", "tokens_file", "agent_token_file",
-            "edge_token_file", "excluded_file", "dispatcher.geo_file"))
+            "edge_token_file", "excluded_file", "dispatcher.geo_file",
+            "dispatcher.hop_token_file"))
 
     def to_toml(self) -> str:
         """The configuration as TOML (paths absolute)."""
-        return toml_text(self.model_dump(exclude_none=True))
+        return toml_text(self.model_dump(mode="json", exclude_none=True))

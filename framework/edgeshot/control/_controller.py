@@ -63,6 +63,15 @@ def edge_public(plan: Plan, edgepoint: str) -> str:
     return f"{host.address}:{host.ports['http']}"
 
 
+def _capacity_of(cap: dict[str, Any], mine: Any) -> dict[str, Any]:
+    """An edgepoint's capacity as an owner may see it: totals, and its own placements'
+    instances (never another owner's apps, nor the servers' instance counts)."""
+    out = {k: v for k, v in cap.items() if k in ("slots_total", "slots_free", "mode")}
+    out["at_capacity"] = [p for p in cap.get("at_capacity", ()) if mine(p)]
+    out["instances"] = {p: v for p, v in (cap.get("instances") or {}).items() if mine(p)}
+    return out
+
+
 def agent_url(plan: Plan, server: str) -> str:
     s = next(s for s in plan.servers if s.name == server)
     return f"http://{s.address}:{s.ports['agent']}"
@@ -77,6 +86,9 @@ class Controller:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(self.state_dir / "controller.db")
         self.tokens = auth.TokenStore.from_file(config.tokens_file)
+        # failed authentications per source, for the API's bearer tokens and the dashboards'
+        # login alike
+        self.auth_throttle = auth.Throttle()
         self.regions = user_regions(self.plan)
         self.geometry = Geometry()
         self.policy = DispatchPolicy()
@@ -140,7 +152,6 @@ class Controller:
         ctl = self.plan.controller
         address = d.address or ctl.address or "127.0.0.1"
         port = d.http_port or ctl.ports["http"]
-        stats = d.stats_port if d.stats_port is not None else ctl.ports.get("stats")
         geo: dict[str, str] = {}
         if d.geo_file:
             for line in Path(d.geo_file).read_text().splitlines():
@@ -149,9 +160,10 @@ class Controller:
                     geo[parts[0]] = parts[1]
         return GlobalDispatcher(DispatcherConfig(
             state_dir=self.state_dir / "dispatcher", bind=f"{address}:{port}",
-            stats_bind=f"{address}:{stats}" if stats else None, redirect=d.mode == "redirect",
+            stats=d.stats_port != 0, redirect=d.mode == "redirect",
             simulate_latency=d.simulate_latency, regions=tuple(self.regions), geo=geo,
-            haproxy=d.haproxy, check_inter_ms=d.check_inter_ms))
+            haproxy=d.haproxy, check_inter_ms=d.check_inter_ms,
+            hop_token=auth.read_secret(d.hop_token_file) if d.hop_token_file else None))
 
     def _register(self) -> None:
         for ep in self.plan.edgepoints:
@@ -380,13 +392,17 @@ class Controller:
                 "budget": self.metering.app_status(a["name"]),
                 "start": self.starts.get(a["name"]),  # this run's start (None: not begun)
             })
+        seen = {f"{a['name']}/" for a in apps}
         eps = []
         for e in self.store.edgepoints():
             st = self.deploy.status.get(e["name"])
+            cap = st.capacity if st else {}
+            if may_see is not None:  # an owner's or vendor's view: its own placements only
+                cap = _capacity_of(cap, lambda pid: pid.rsplit("/", 1)[0] + "/" in seen)
             eps.append({"name": e["name"], "region": e["region"], "healthy": bool(e["healthy"]),
                         "load": e["load"], "last_seen": e["last_seen"],
-                        "error": st.error if st else None,
-                        "capacity": st.capacity if st else {}})
+                        "error": st.error if st and may_see is None else None,
+                        "capacity": cap})
         agents = [{"server": a["server"], "edgepoint": a["edgepoint"],
                    "healthy": bool(a["healthy"]), "last_seen": a["last_seen"]}
                   for a in self.store.agents()]

@@ -32,7 +32,14 @@ from edgeshot.agent.models import PodSpec, TierSpec, WarmupRequest
 from edgeshot.plan import AppPlan, Placement, Plan, divide
 
 from ._canary import Action, CanaryPolicy, CanaryState, Figures, Phase, analyse
-from ._edges import EdgeLink, EdgeStatus, PlacementOrder, VersionFigures, VersionOrder
+from ._edges import (
+    EdgeLink,
+    EdgeStatus,
+    PlacementOrder,
+    PlacementRefused,
+    VersionFigures,
+    VersionOrder,
+)
 from ._store import Store
 
 log = logging.getLogger("edgeshot.deploy")
@@ -119,6 +126,7 @@ class DeploymentCenter:
         self._locks: dict[str, asyncio.Lock] = {}
         self._last_check: dict[int, float] = {}
         self._trusted: set[tuple[str, str]] = set()  # (server, signer) pairs set up
+        self.refused: dict[str, frozenset[str]] = {}  # per edgepoint: placements it refused
         # the cost ceiling sent with a placement: the plan's, until metering follows budgets
         self.ceiling: Callable[[Placement], int] = lambda p: p.cost_ceiling
         # staging (control/_staging.py): a staged version's route per (app, edgepoint), and
@@ -352,7 +360,12 @@ class DeploymentCenter:
             return ep, "no edge process"
         try:
             await link.set_placements(self.orders(ep))
+            self.refused.pop(ep, None)
             return ep, None
+        except PlacementRefused as exc:
+            self.refused[ep] = exc.ids
+            log.warning("%s refused placements: %s", ep, exc)
+            return ep, f"refused: {exc}"
         except Exception as exc:  # an edge down must not stop the others
             log.warning("placements to %s failed: %s", ep, exc)
             return ep, str(exc) or type(exc).__name__
@@ -372,14 +385,21 @@ class DeploymentCenter:
         await self.push(app.name)
 
     async def deploy(self, app: AppPlan, canary: int | None, source_dir: Path | None = None,
-                     policy: CanaryPolicy | None = None) -> int:
+                     policy: CanaryPolicy | None = None, override: str | None = None) -> int:
         """Roll out `app` (a new or known version). With `canary` (percent), the analysis
-        decides; without, the version becomes the primary at once."""
+        decides; without, the version becomes the primary at once. ``override``: an
+        operator's reason to roll out past the gate (logged)."""
         async with self.lock(app.name):
             if (refused := self.gate(app)) is not None:
-                self.store.event("deploy-refused", f"{app.name} {app.version}: {refused}",
-                                 app=app.name)
-                raise DeployError(refused)
+                if override is None:
+                    self.store.event("deploy-refused", f"{app.name} {app.version}: {refused}",
+                                     app=app.name)
+                    raise DeployError(refused)
+                log.warning("gate overridden for %s %s: %s (refused: %s)", app.name,
+                            app.version, override, refused)
+                self.store.event("gate-overridden", f"{app.name} {app.version}: {override} "
+                                 f"(the gate said: {refused})", app=app.name,
+                                 data={"reason": override, "refused": refused})
             self.store.put_app(app.name, app.owner, app.vendor)
             if not self.store.put_version(app.name, app.version, app.model_dump_json()):
                 row = self.store.version(app.name, app.version)
@@ -410,7 +430,23 @@ class DeploymentCenter:
                 self.store.event("canary", f"{app.name} {app.version} gets {weight}% "
                                  f"(primary {primary})", app=app.name)
                 self._last_check[dep] = time.monotonic()
+            before = {k: cur.get(k) for k in ("primary_version", "previous_version",
+                                              "canary_version", "canary_weight")}
         await self.push(app.name)
+        refused = {ep: ids for ep, ids in self.refused.items()
+                   if any(i.startswith(f"{app.name}/") for i in ids)}
+        if refused:  # the old version keeps serving: back to it everywhere
+            eps = ", ".join(sorted(refused))
+            async with self.lock(app.name):
+                self.store.set_app(app.name, **before)
+                self.store.update_deployment(dep, phase="rolled_back", weight=0, good=0,
+                                             failed=0, checks=0,
+                                             reasons=[f"refused by edgepoint(s) {eps}"])
+                self.store.event("deploy-refused", f"{app.name} {app.version}: edgepoint(s) "
+                                 f"{eps} refused its placements", app=app.name)
+            await self.push(app.name)
+            raise DeployError(f"{app.name} {app.version}: edgepoint(s) {eps} refused its "
+                              "placements; the previous version keeps serving")
         return dep
 
     async def rollback(self, app: str) -> dict[str, Any]:

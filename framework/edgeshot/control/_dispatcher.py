@@ -66,7 +66,7 @@ class DispatchEdgepoint:
 class DispatcherConfig:
     state_dir: Path
     bind: str  # "127.0.0.1:8080"
-    stats_bind: str | None = None
+    stats: bool = True  # HAProxy's stats page and Prometheus exporter, on a 0600 unix socket
     redirect: bool = False  # 307 to the chosen edgepoint instead of proxying
     simulate_latency: bool = False  # local networks: add each region's RTT to responses
     regions: tuple[UserRegion, ...] = ()
@@ -77,6 +77,7 @@ class DispatcherConfig:
     retries: int = 3
     check_inter_ms: int = 500
     timeout_connect_ms: int = 500
+    hop_token: str | None = None  # sent to the edges in X-Edgeshot-Hop: "this is the dispatcher"
 
 
 class DispatcherError(Exception):
@@ -92,6 +93,8 @@ class GlobalDispatcher:
         self.maps = self.dir / "maps"
         self.cfg_path = self.dir / "dispatcher.cfg"
         self.socket = _socket_path(self.dir / "dispatcher.sock")
+        # the stats and /metrics: never on a TCP port anyone could reach unauthenticated
+        self.stats_socket = _socket_path(self.dir / "stats.sock")
         self.lua = self.dir / "delay.lua"
         self.runtime = Runtime(self.socket)
         self.proc: asyncio.subprocess.Process | None = None
@@ -113,10 +116,10 @@ class GlobalDispatcher:
             apps.append({"name": app.name, "affinity": app.affinity, "servers": servers})
         return _TEMPLATES.get_template("dispatcher.cfg.j2").render(
             socket=self.socket, lua=self.lua, maps=self.maps, bind=c.bind,
-            stats_bind=c.stats_bind, redirect=c.redirect, simulate_latency=c.simulate_latency,
+            stats_bind=f"unix@{self.stats_socket} mode 600" if c.stats else None, redirect=c.redirect, simulate_latency=c.simulate_latency,
             apps=apps, cookie=COOKIE, retries=c.retries, check_inter_ms=c.check_inter_ms,
             timeout_connect_ms=c.timeout_connect_ms, maxconn=_maxconn(c.maxconn),
-            nbthread=c.nbthread)
+            nbthread=c.nbthread, hop_token=c.hop_token)
 
     def static_maps(self) -> dict[str, dict[str, str]]:
         hosts: dict[str, str] = {}

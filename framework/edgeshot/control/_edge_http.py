@@ -15,7 +15,14 @@ from pathlib import Path
 from typing import Any
 
 from .._config_file import toml_text
-from ._edges import EdgeStatus, PlacementOrder, PlacementStatus, VersionFigures
+from ..agent.auth import read_secret, token_hash
+from ._edges import (
+    EdgeStatus,
+    PlacementOrder,
+    PlacementRefused,
+    PlacementStatus,
+    VersionFigures,
+)
 
 
 def _percentile_field(pct: float) -> str:
@@ -93,7 +100,16 @@ class HttpEdgeLink:
                 return
             except NotFound:
                 pass  # the edge restarted: send the whole set
-        await self.client.set_placements([_assignment(o) for o in orders])
+        from edgeshot.edge.client import Invalid
+
+        try:
+            await self.client.set_placements([_assignment(o) for o in orders])
+        except Invalid as exc:
+            if exc.code != "refused":
+                raise
+            self._sent = None  # it kept its old assignment of those: send the whole set again
+            ids = frozenset(d.split()[1] for d in exc.detail if d.startswith("placement "))
+            raise PlacementRefused(exc.message, ids) from None
         self._sent = new
 
     async def close(self) -> None:
@@ -147,9 +163,11 @@ def write_edge_configs(state: Path, plan: Any, tokens: dict[str, str],
             "edgepoint": ep.name, "listen": host.address, "http_port": host.ports["http"],
             "api_port": host.ports["edge"], "state_dir": e["state_dir"],
             "tokens_file": str(state / "tokens" / "edge.toml"),
-            "agent_token_file": tokens["edge-agent"], **options}
+            "agent_token_file": tokens[f"edge-agent-{ep.name}"], **options}
         cfg["agents"] = [{"name": s.name, "url": f"http://{s.address}:{s.ports['agent']}"}
                          for s in plan.servers if s.edgepoint == ep.name]
+        if "dispatcher-hop" in tokens:  # the edges trust the region the dispatcher sets
+            cfg["dispatcher_hop_sha256"] = token_hash(read_secret(tokens["dispatcher-hop"]))
         text = toml_text(cfg)
         path = Path(e["config"])
         path.write_text(text)

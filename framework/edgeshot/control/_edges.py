@@ -89,3 +89,12 @@ class EdgeLink(Protocol):
     async def set_placements(self, orders: list[PlacementOrder]) -> None: ...
 
     async def close(self) -> None: ...
+
+
+class PlacementRefused(Exception):
+    """An edge process refused some placements of a push (the others it applied): ``ids``,
+    with its reasons in the message."""
+
+    def __init__(self, message: str, ids: frozenset[str]) -> None:
+        super().__init__(message)
+        self.ids = ids

@@ -92,10 +92,7 @@ class Manifest:
     created: float = field(default_factory=time.time)
 
     def save(self, state_dir: Path) -> None:
-        path = state_dir / MANIFEST
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        tmp.replace(path)
+        _write_secret_file(state_dir / MANIFEST, json.dumps(asdict(self), indent=1))
 
     @classmethod
     def read(cls, state_dir: Path) -> Manifest:
@@ -105,6 +102,27 @@ class Manifest:
         data = json.loads(path.read_text())
         data["processes"] = [Proc(**p) for p in data.get("processes", [])]
         return cls(**data)
+
+
+def _private(fn: Any) -> Any:
+    """Files the wrapped call creates are its user's only (0600, directories 0700): the
+    state holds token hashes, databases, configurations and logs."""
+    import functools
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        old = os.umask(0o077)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            os.umask(old)
+    return run
+
+
+def _agent_tokens(edgepoint: str) -> str:
+    """The tokens file of an edgepoint's agents (under tokens/): the controller's, the
+    operator's and that edgepoint's edge process's token — never another edge's."""
+    return f"agent-{edgepoint}.toml"
 
 
 def _tag(state_dir: Path) -> str:
@@ -129,6 +147,7 @@ class LocalNetwork:
     # ------------------------------------------------------------------ files
 
     @classmethod
+    @_private
     def create(cls, policy: str | os.PathLike[str], state_dir: str | os.PathLike[str], *,
                local: bool = False, http_port: int | None = None,
                simulate_latency: bool = True, canary: CanarySection | None = None,
@@ -163,7 +182,8 @@ class LocalNetwork:
             edge_token_file=Path(tokens["controller-edge"]),
             edges={ep: e["url"] for ep, e in edges.items()},
             agents={s: a["url"] for s, a in agents.items()}, tick_s=tick_s,
-            dispatcher=DispatcherSection(simulate_latency=simulate_latency),
+            dispatcher=DispatcherSection(simulate_latency=simulate_latency,
+                                         hop_token_file=Path(tokens["dispatcher-hop"])),
             canary=canary or CanarySection())
         (state / "controller.toml").write_text(cfg.to_toml())
         manifest = Manifest(
@@ -194,14 +214,19 @@ class LocalNetwork:
                 auth.issue_token(tdir / file, name, scopes, secret_file=path)
             secrets[secret or name] = str(path)
 
-        issue("agent.toml", "controller-agent", [auth.CONTROLLER_AGENT])
-        issue("agent.toml", "edge-agent", [auth.EDGE_AGENT])
-        issue("agent.toml", "operator", [auth.OPERATOR])
+        for ep in plan.edgepoints:  # each edgepoint's agents: their own edge's token only
+            issue(_agent_tokens(ep.name), "controller-agent", [auth.CONTROLLER_AGENT])
+            issue(_agent_tokens(ep.name), f"edge-agent-{ep.name}", [auth.EDGE_AGENT])
+            issue(_agent_tokens(ep.name), "operator", [auth.OPERATOR])
         issue("edge.toml", "controller-edge", [auth.CONTROLLER_EDGE])
         issue("edge.toml", "operator", [auth.OPERATOR])
         issue("controller.toml", "operator", [auth.OPERATOR])
         for file in ("agent.toml", "edge.toml", "controller.toml"):  # what Prometheus scrapes with
             issue(file, "metrics", [auth.METRICS])
+        hop = sdir / "dispatcher-hop.token"  # the dispatcher's proof to the edges
+        if not hop.exists():
+            auth.write_secret(hop, auth.new_token())
+        secrets["dispatcher-hop"] = str(hop)
         for owner in sorted({a.owner for a in plan.apps}):
             issue("controller.toml", f"owner-{owner}", [auth.owner_scope(owner)])
         for vendor in sorted({a.vendor for a in plan.apps}):
@@ -221,7 +246,7 @@ class LocalNetwork:
             prefix = f"{tag}{i:x}"
             cfg = {"listen": s.address, "port": s.ports["agent"], "state_dir": str(d / "state"),
                    "edgepoint": s.edgepoint, "server": s.name,
-                   "tokens_file": str(state / "tokens" / "agent.toml"),
+                   "tokens_file": str(state / "tokens" / _agent_tokens(s.edgepoint or "")),
                    "slot_subnet": s.slot_subnet, "slot_prefix": prefix, "slots": s.slots,
                    "access_log": False, **options}
             (d / "agent.toml").write_text(toml_text(cfg))
@@ -261,14 +286,15 @@ class LocalNetwork:
     def _spawn(self, name: str, kind: str, argv: list[str], health_url: str | None,
                cwd: Path) -> Proc:
         logs = self.state_dir / "logs"
-        logs.mkdir(exist_ok=True)
+        logs.mkdir(exist_ok=True, mode=0o700)
         log = logs / f"{name.replace(' ', '-')}.log"
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env.pop("EDGESHOT_STATE", None)
-        with open(log, "ab") as f:
+        with open(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as f:
+            # the agent keeps its umask: its pods' files are for their own users (issue 13)
             p = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT,
                                  stdin=subprocess.DEVNULL, cwd=cwd, env=env,
-                                 start_new_session=True)
+                                 start_new_session=True, umask=-1 if kind == "agent" else 0o077)
         proc = Proc(name=name, kind=kind, argv=argv, pid=p.pid, log=str(log),
                     health_url=health_url)
         self.manifest.processes.append(proc)
@@ -435,6 +461,7 @@ def _run_coroutine(fn: Any) -> Any:
 
 
 def _write_secret_file(path: Path, text: str) -> None:
+    """Atomically, 0600: every file of the network's state is its user's only."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -443,10 +470,7 @@ def _write_secret_file(path: Path, text: str) -> None:
 
 
 def _write_procs(state: Path, procs: list[Proc]) -> None:
-    path = state / PROCESSES
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps([asdict(p) for p in procs], indent=1))
-    tmp.replace(path)
+    _write_secret_file(state / PROCESSES, json.dumps([asdict(p) for p in procs], indent=1))
 
 
 def _read_procs(state: Path) -> list[Proc]:

@@ -170,9 +170,12 @@ class Staging:
                 return f"{app.name} {app.version} failed its capacity test: {reasons}"
             self._spawn(self._unstage_after_rollout(app.name, app.version))
             return None
-        declared = self.store.query("SELECT 1 FROM staged_versions WHERE app = ? AND "
-                                    "load_test IS NOT NULL LIMIT 1", (app.name,))
-        if declared:
+        base = next((a for a in self.c.plan.apps if a.name == app.name), None)
+        declared = app.load_test or (base.load_test if base else None) or self.store.query(
+            "SELECT 1 FROM staged_versions WHERE app = ? AND load_test IS NOT NULL LIMIT 1",
+            (app.name,))
+        first = not (self.store.app(app.name) or {}).get("primary_version")
+        if declared and not first:  # a first version has nothing to stage beside
             return (f"{app.name} {app.version} has not passed its capacity test: stage it "
                     "first (edgeshot deploy … --stage)")
         return None
@@ -330,7 +333,9 @@ class Staging:
         host = app.hosts[0] if app.hosts else None
         work = self.c.state_dir / "capacity" / f"{test_id}-{app.name}-{app.version}"
         try:
-            res = await _capacity.run(url, host, key, spec, work)
+            hop_file = self.c.config.dispatcher.hop_token_file
+            res = await _capacity.run(url, host, key, spec, work,
+                                      hop=auth.read_secret(hop_file) if hop_file else None)
             state, result = ("passed" if res.passed else "failed"), res.to_json()
         except asyncio.CancelledError:
             state, result = "error", {"reasons": ["stopped: the version was unstaged"]}

@@ -105,10 +105,13 @@ class ControllerClient:
 
     async def deploy(self, app: str, *, version: str | None = None,
                      plan: dict[str, Any] | None = None, canary: int | None = None,
-                     source_dir: str | None = None, policy: dict[str, Any] | None = None
-                     ) -> dict[str, Any]:
+                     source_dir: str | None = None, policy: dict[str, Any] | None = None,
+                     override_gate: str | None = None) -> dict[str, Any]:
+        """``override_gate``: an operator's logged reason to roll out a version that has
+        not passed its capacity test."""
         body = {k: v for k, v in (("version", version), ("plan", plan), ("canary", canary),
-                                  ("source_dir", source_dir), ("policy", policy)) if v is not None}
+                                  ("source_dir", source_dir), ("policy", policy),
+                                  ("override_gate", override_gate)) if v is not None}
         res = await self._call("POST", f"/v1/apps/{app}/deploy", json=body,
                                timeout=self.deploy_timeout, retries=0)
         return res["deployment"]

@@ -23,6 +23,8 @@ says so.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import itertools
 import logging
 import random
@@ -112,6 +114,9 @@ class Activator:
         self.events: dict[str, asyncio.Event] = {}
         self.router: Router | None = None
         self.routes = False  # True without HAProxy: cleave routes and affinity here too
+        # serving users directly (no HAProxy before it): the region and forwarding headers
+        # are kept only with the dispatcher's hop token (its SHA-256 here)
+        self.hop_sha256: str | None = None
         self.origins: dict[str, Target] = {}
         self.held_total = 0
         self.timeouts = 0
@@ -192,12 +197,13 @@ class Activator:
         app = appc.name
         if self.routes:
             side = self.router.side(appc, request.method, request.path)
-        region = request.headers.get("X-Edgeshot-Region", "-")[:48] or "-"
+        trusted = not self.routes or self._from_dispatcher(request)
+        region = (request.headers.get("X-Edgeshot-Region", "-")[:48] or "-") if trusted else "-"
         if side == "origin":
             target = self.origins.get(app)
             if target is None:
                 return web.Response(status=502, text="no origin for this route\n")
-            return await self._forward(request, app, target, t0, region, False)
+            return await self._forward(request, app, target, t0, region, False, trusted)
         cookie = None
         if self.routes:
             cookie = request.cookies.get(_cookie_name(app))
@@ -207,7 +213,14 @@ class Activator:
             target = await self._hold(app, cookie)
             if target is None:
                 return self._unavailable(app)
-        return await self._forward(request, app, target, t0, region, held)
+        return await self._forward(request, app, target, t0, region, held, trusted)
+
+    def _from_dispatcher(self, request: web.Request) -> bool:
+        hop = request.headers.get("X-Edgeshot-Hop")
+        if not hop or self.hop_sha256 is None:
+            return False
+        digest = hashlib.sha256(hop.encode(errors="replace")).hexdigest()
+        return hmac.compare_digest(digest, self.hop_sha256)
 
     async def _hold(self, app: str, cookie: str | None) -> Target | None:
         if self.waiting.get(app, 0) >= self.queue_limit:
@@ -244,10 +257,13 @@ class Activator:
                                      "Cache-Control": "no-store"})
 
     async def _forward(self, request: web.Request, app: str, target: Target, t0: float,
-                       region: str, held: bool) -> web.StreamResponse:
+                       region: str, held: bool, trusted: bool = True) -> web.StreamResponse:
         body = await request.read()
-        headers = {k: v for k, v in request.headers.items()
-                   if k.lower() not in HOP_BY_HOP}
+        dropped = HOP_BY_HOP | {"x-edgeshot-hop"} | (
+            set() if trusted else {"x-edgeshot-region", "x-forwarded-for"})
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in dropped}
+        if not trusted and request.remote:
+            headers["X-Forwarded-For"] = request.remote
         if target.host:
             headers["Host"] = target.host
         url = f"{target.scheme}://{target.address}{target.path_prefix}{request.path_qs}"

@@ -172,6 +172,9 @@ class HAProxyConf:
     timeout_queue_s: int = 30
     hard_stop_after_s: int = 60
     server_options: str = SERVER_OPTIONS
+    # SHA-256 of the dispatcher's hop token: requests with it keep their region and
+    # forwarding headers; None: every request is treated as a user's own
+    hop_sha256: str | None = None
 
     @property
     def admin_socket(self) -> Path:

@@ -25,6 +25,10 @@ __all__ = [
 ]
 
 
+MAX_INSTANCES = 1_000_000  # of one app: far above any network's, far below an overflow
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$"  # the spec's `Version`
+
+
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -38,7 +42,7 @@ class VersionWeight(_Wire):
     e.g. 90 and 10). ``appshot``: its appshot's name at the agents (default
     ``<app>-<version>``, the agent's capture default)."""
 
-    version: str = Field(min_length=1, max_length=64)
+    version: str = Field(pattern=VERSION_PATTERN)
     weight: int = Field(ge=0, le=1000)
     appshot: Name | None = None
 
@@ -55,7 +59,7 @@ class StageRoute(_Wire):
     ``X-Edgeshot-Stage`` (SHA-256 hashes here, never the tokens), never through public
     routing. The controller runs its instances (``control/_staging.py``)."""
 
-    version: str = Field(min_length=1, max_length=64)
+    version: str = Field(pattern=VERSION_PATTERN)
     token_sha256: tuple[str, ...] = Field(min_length=1, max_length=64)
     servers: tuple[StageServer, ...] = ()
 
@@ -76,8 +80,8 @@ class PlacementAssignment(_Wire):
     placement: Placement
     app: AppPlan
     versions: tuple[VersionWeight, ...] = ()
-    global_share: int | None = Field(None, ge=0)
-    cost_ceiling: int | None = Field(None, ge=0)
+    global_share: int | None = Field(None, ge=0, le=MAX_INSTANCES)
+    cost_ceiling: int | None = Field(None, ge=0, le=MAX_INSTANCES)
     stage: StageRoute | None = None
 
     @model_validator(mode="after")
@@ -122,8 +126,8 @@ class PlacementUpdate(_Wire):
     """A change to one placement: weights (canary, promotion, rollback), share, ceiling."""
 
     versions: tuple[VersionWeight, ...] | None = None
-    global_share: int | None = Field(None, ge=0)
-    cost_ceiling: int | None = Field(None, ge=0)
+    global_share: int | None = Field(None, ge=0, le=MAX_INSTANCES)
+    cost_ceiling: int | None = Field(None, ge=0, le=MAX_INSTANCES)
 
 
 class VersionLoad(_Out):
@@ -220,6 +224,8 @@ class EdgeHealth(_Out):
     agents_up: int
     agents_total: int
     source: str = Field(description="the usage records' source")
+    quarantined: dict[str, str] = Field(default_factory=dict, description="stored placements "
+                                        "this edge refused to serve at start, with why")
 
 
 class LatencyMinute(_Out):

@@ -160,6 +160,11 @@ class EdgeConfig(BaseModel):
                                      "the instance is replaced (at once when its agent says "
                                      "it failed or is gone)")
     keep_haproxy: bool = Field(False, description="leave HAProxy running when the edge stops")
+    dispatcher_hop_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the token the network's "
+        "dispatcher sends in X-Edgeshot-Hop: only requests carrying it keep their "
+        "X-Edgeshot-Region and X-Forwarded-For (others lose the first, get the second "
+        "overwritten with their own address)")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: LogFormat = Field("text", description="text, or json: one object a line")
 
@@ -329,6 +334,7 @@ class Edge:
         self.agent_token = agent_token
         self.run_dir = _run_dir(cfg.state_dir, cfg.edgepoint)
         self.placements: dict[str, PlacementRuntime] = {}
+        self.quarantined: dict[str, str] = {}  # stored placements refused at start: why
         self.by_app: dict[str, str] = {}  # app -> placement id
         self.live: dict[str, Live] = {}
         self.snaps: dict[str, Snap] = {}
@@ -363,6 +369,7 @@ class Edge:
                                    queue_limit=cfg.activator_queue,
                                    timeout_s=cfg.activator_timeout_s,
                                    retry_after_s=cfg.retry_after_s)
+        self.activator.hop_sha256 = cfg.dispatcher_hop_sha256
         self.logs: LogReceiver | None = None
         self.log_every = 1  # HAProxy logs 1 request in this many (adapted to the rate)
         self.log_port = self._saved_log_port()
@@ -380,6 +387,8 @@ class Edge:
     # -- metrics -----------------------------------------------------------------------
     def _init_metrics(self) -> None:
         r = self.registry = CollectorRegistry()
+        self.auth_throttle = auth.Throttle()  # failed authentications per source address
+        r.register(auth.ThrottleCollector(self.auth_throttle, "edge"))
         lab = ("app", "version", "edgepoint", "owner")
         self.m_instances = Gauge("edgeshot_edge_instances", "instances by state", (*lab, "state"),
                                  registry=r)
@@ -586,11 +595,11 @@ class Edge:
         saved = self.store.load_placements()
         assignments: list[PlacementAssignment] = []
         if saved:
-            for body in saved.values():
+            for pid, body in saved.items():
                 try:
                     assignments.append(PlacementAssignment.model_validate(body))
                 except ValidationError as exc:
-                    log.error("stored placement unreadable, skipped: %s", exc)
+                    self._quarantine(pid, f"unreadable: {exc.errors(include_url=False)[0]}")
         elif self.cfg.plan is not None and self.cfg.plan.exists():
             from edgeshot.plan import read_plan
             plan = read_plan(self.cfg.plan)
@@ -598,10 +607,39 @@ class Edge:
                 if p.edgepoint == self.cfg.edgepoint:
                     assignments.append(PlacementAssignment(placement=p, app=plan.app(p.app)))
         for a in assignments:
+            if (why := self._refusal(a)) is not None:
+                self._quarantine(a.id, why)  # never served, never blocks the others
+                continue
             self.placements[a.id] = PlacementRuntime(a, self.cfg, self._cookie_key(a.app.name))
             self.by_app[a.app.name] = a.id
 
-    def _check_assignments(self, items: tuple[PlacementAssignment, ...]) -> None:
+    def _quarantine(self, pid: str, why: str) -> None:
+        self.quarantined[pid] = why
+        log.error("stored placement %s quarantined (not served): %s", pid, why)
+
+    def _refusal(self, a: PlacementAssignment) -> str | None:
+        """Why this edge must not serve ``a`` (None: it may): its app plan fails the spec's
+        checks (a plan the controller did not compile), or HAProxy could not route it."""
+        from edgeshot.plan import check_app_plan, check_placement
+        if a.placement.edgepoint != self.cfg.edgepoint:
+            return (f"placement {a.id} is for edgepoint {a.placement.edgepoint!r}, this is "
+                    f"{self.cfg.edgepoint!r}")
+        if problems := check_placement(a.placement):
+            return f"placement {a.id[:80]} (app {a.app.name[:64]}): placement.{problems[0]}"
+        if problems := check_app_plan(a.app):
+            return f"placement {a.id} (app {a.app.name}): app.{problems[0]}"
+        try:
+            H.render(H.HAProxyConf(edgepoint="x", listen="127.0.0.1", http_port=1,
+                                   run_dir=self.run_dir, apps=(
+                                       PlacementRuntime(a, self.cfg, "0" * 32).conf(()),)))
+        except H.HAProxyError as exc:
+            return f"placement {a.id} (app {a.app.name}): {exc}"
+        return None
+
+    def _check_assignments(self, items: tuple[PlacementAssignment, ...]
+                           ) -> dict[str, str]:
+        """The placements of ``items`` this edge refuses, with why; a request it cannot
+        take at all (another edgepoint's placements, an app twice) raises."""
         apps = set()
         for a in items:
             if a.placement.edgepoint != self.cfg.edgepoint:
@@ -610,19 +648,19 @@ class Edge:
             if a.app.name in apps:
                 raise ApiError(422, "duplicate", f"app {a.app.name} placed twice")
             apps.add(a.app.name)
-            try:
-                H.render(H.HAProxyConf(edgepoint="x", listen="127.0.0.1", http_port=1,
-                                       run_dir=self.run_dir, apps=(
-                                           PlacementRuntime(a, self.cfg, "0" * 32).conf(()),)))
-            except H.HAProxyError as exc:
-                raise ApiError(422, "unroutable", f"placement {a.id}: {exc}") from None
+        return {a.id: why for a in items if (why := self._refusal(a)) is not None}
 
     async def set_placements(self, items: tuple[PlacementAssignment, ...]) -> None:
         """Serve exactly these placements. HAProxy routes a new app before any decision
         sees it (the decision loop waits meanwhile); a removed app's instances go first,
-        then its routes."""
-        self._check_assignments(items)
-        new = {a.id: a for a in items}
+        then its routes. A placement this edge refuses is left as it was (its previous
+        assignment keeps serving, a new one is not added), the others are applied, and the
+        refusal is raised afterwards (422 naming the placements and why)."""
+        refused = self._check_assignments(items)
+        new = {a.id: a for a in items if a.id not in refused}
+        for pid in refused:
+            if pid in self.placements and pid not in self.retiring:
+                new[pid] = self.placements[pid].a
         async with self.tick_lock:
             before = self._routing()
             removed = [pid for pid in self.placements if pid not in new]
@@ -656,6 +694,9 @@ class Edge:
                         self.retiring.discard(pid)
                 self.by_app = {pr.app: pid for pid, pr in self.placements.items()}
                 await self._reconfigure()
+        if refused:
+            raise ApiError(422, "refused", "; ".join(refused.values())[:2000],
+                           detail=list(refused.values()))
 
     def _routing(self) -> dict[str, H.AppConf]:
         return {pid: pr.conf(()) for pid, pr in self.placements.items()}
@@ -704,7 +745,8 @@ class Edge:
         self.hconf = H.HAProxyConf(edgepoint=self.cfg.edgepoint, listen=self.cfg.listen,
                                    http_port=self.cfg.http_port, run_dir=self.run_dir,
                                    apps=tuple(apps), log_port=self.log_port,
-                                   log_every=self.log_every, nbthread=self.cfg.nbthread)
+                                   log_every=self.log_every, nbthread=self.cfg.nbthread,
+                                   hop_sha256=self.cfg.dispatcher_hop_sha256)
         return self.hconf
 
     async def _start_haproxy(self) -> None:
@@ -1568,7 +1610,8 @@ class Edge:
                           placements=len(self.placements),
                           instances=sum(self._serving(lv) for lv in self.live.values()),
                           agents_up=sum(self.agent_ok.get(n, False) for n in self.agents),
-                          agents_total=len(self.agents), source=self.source)
+                          agents_total=len(self.agents), source=self.source,
+                          quarantined=dict(self.quarantined))
 
     async def metrics(self) -> str:
         own = generate_latest(self.registry).decode()
@@ -1817,7 +1860,8 @@ def build_api(edge: Edge) -> web.Application:
         await edge.reload()
         return _json({"worker": edge.worker})
 
-    app = web.Application(middlewares=[_errors, auth.middleware(tokens)], client_max_size=64 << 20)
+    app = web.Application(middlewares=[_errors, auth.middleware(tokens, edge.auth_throttle)],
+                          client_max_size=64 << 20)
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/placements", get_placements)
     app.router.add_put("/v1/placements", put_placements)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ._check import check_app_plan, check_placement
 from ._compile import compile_plan
 from ._diff import Change, FieldChange, PlanDiff, diff
 from ._models import (
@@ -45,6 +46,6 @@ def write_plan(plan: Plan, path: str | Path) -> None:
 
 __all__ = [
     "AppPlan", "Change", "EdgepointPlan", "FieldChange", "Money", "Placement", "Plan", "PlanDiff",
-    "RoutePlan", "ScalingPolicy", "ServerPlan", "TierPlan", "compile_plan", "diff", "divide",
+    "RoutePlan", "ScalingPolicy", "ServerPlan", "TierPlan", "check_app_plan", "check_placement", "compile_plan", "diff", "divide",
     "read_plan", "render_diff_markdown", "render_plan_markdown", "write_plan",
 ]

@@ -291,6 +291,7 @@ def _app(
         estimate_high=Money.from_trusted(amount=round_money(high), currency=cur),
         cost_ceiling=ceiling,
         within_budget=high <= budget,
+        load_test=app.load_test.model_dump(mode="json") if app.load_test else None,
     )
     placements = [
         Placement.from_trusted(

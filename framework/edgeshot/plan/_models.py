@@ -169,6 +169,8 @@ class AppPlan(PlanModel):
     estimate_high: Money  # every instance the global maximum allows, busy, all month
     cost_ceiling: int  # instances the budget pays for, busy, all month
     within_budget: bool
+    # the app's LoadTest (spec JSON): a version is rolled out only after it passed it staged
+    load_test: dict[str, object] | None = None
 
 
 class Placement(PlanModel):

@@ -297,7 +297,12 @@ class Routing(SpecModel):
 
 
 class Source(SpecModel):
-    """The app's files (a directory or an archive, relative to the policy file) and install step."""
+    """The app's files (a directory or an archive, relative to the policy file) and install step.
+
+    Any path is accepted here, ``..`` included: it is read on the machine that runs
+    `validate` or `deploy`, by the user who wrote the file. A network's controller never
+    takes a source path from an owner: it uses the source the operator's plan fixes for
+    the app (`edgeshot.control._grants`)."""
 
     path: str
     install: str | None = None

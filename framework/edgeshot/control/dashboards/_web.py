@@ -247,10 +247,16 @@ class Dashboards:
             if not _auth.same_origin(request):
                 return self._html("login.html.j2", status=403, nav=[], page="login", who=None,
                                   error="this form must be posted from the controller's page")
+            throttle = self.c.auth_throttle  # shared with the API's bearer tokens
+            if (wait := throttle.retry_after(request.remote or "-")) is not None:
+                return self._html("login.html.j2", status=429, nav=[], page="login", who=None,
+                                  error=f"too many failed logins from this address: try "
+                                        f"again in {wait} s")
             form = await request.post()
             token = str(form.get("token", ""))
             got = await asyncio.to_thread(_auth.login, self.c, token) if token else None
             if got is None:
+                throttle.failed(request.remote or "-")
                 log.info("dashboard login refused from %s", request.remote)
                 return self._html("login.html.j2", status=401, nav=[], page="login", who=None,
                                   error="unknown token, or a token without a dashboard scope "

@@ -3,6 +3,7 @@
     GET /healthz   200 "ok"
     GET /          200, body "<APP_VERSION> <instance id>"; header X-Probe-Version
     GET /slow      the same after SLOW_MS milliseconds (default 300)
+    GET /headers   200, the request headers it got (JSON, names in lower case)
     POST /echo     200, the body back
 
 FAIL_RATE (0..1): that share of the requests coming through the global dispatcher (they
@@ -12,6 +13,7 @@ SIGTERM/SIGINT stop it (exit 0); SIGUSR2 reseeds (after a restore).
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -40,6 +42,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802
         if self.path == "/healthz":
             return self._send(200, b"ok")
+        if self.path == "/headers":  # what reached the app, for the tests of the data path
+            return self._send(200, json.dumps({k.lower(): v for k, v in
+                                               self.headers.items()}).encode())
         if self.headers.get("X-Edgeshot-Region") and random.random() < FAIL_RATE:
             return self._send(500, b"broken build")
         if self.path.startswith("/slow"):
