@@ -1,5 +1,6 @@
 """Policy files for the tests that run a real local network (tests/billing, tests/control,
-tests/dashboards): free ports, slot subnets no other test of the run uses, the hello app.
+tests/dashboards): free ports, slot subnets no other test of the run uses, the hello app;
+and ``running``, a started network that is stopped and checked for leftovers afterwards.
 
 Each suite's own kit (``billing/netkit.py``, ``control/netfix.py``,
 ``dashboards/netkit.py``) writes its apps and calls ``write_network_policy``.
@@ -7,10 +8,13 @@ Each suite's own kit (``billing/netkit.py``, ``control/netfix.py``,
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import socket
 import textwrap
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,3 +104,35 @@ def write_network_policy(d: Path, apps: str, *, name: str, pricing: str,
     path = d / "policy.py"
     path.write_text(text)
     return path
+
+
+@contextlib.contextmanager
+def running(n, *, apps: int | None = None, timeout: float = 240) -> Iterator:
+    """Start the local network ``n`` (a ``LocalNetwork``), wait until every app (``apps`` of
+    them, when given) has a primary version the dispatcher routes, and yield it; afterwards
+    stop it and assert that nothing is left behind. A network that does not start fails
+    with its events and the end of the controller's log."""
+    try:
+        n.start()
+        asyncio.run(_serving(n, apps, timeout))
+        yield n
+    finally:
+        if (n.state_dir / "processes.json").exists():
+            n.stop()
+        left = n.leftovers()
+        assert left == [], left
+
+
+async def _serving(n, apps: int | None, timeout: float) -> None:
+    from edgeshot.control.client import ControllerClient
+    async with ControllerClient(n.manifest.controller_url, n.token()) as c:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = await c.status()
+            if st["apps"] and (apps is None or len(st["apps"]) == apps) and \
+                    all(a["primary"] and a["routed"] for a in st["apps"]):
+                return
+            await asyncio.sleep(0.3)
+        events = [f"{e['kind']}: {e['message']}" for e in await c.events(limit=1000)]
+    log = (n.state_dir / "logs" / "controller.log").read_text(errors="replace")[-3000:]
+    raise AssertionError(f"the apps did not start within {timeout:.0f} s: {events}\n{log}")

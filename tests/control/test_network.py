@@ -17,6 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from _netkit import running
 from edgeshot.control._localnet import LocalNetwork
 from edgeshot.control.client import ControllerClient
 
@@ -38,28 +39,9 @@ def net(tmp_path_factory):
     n = LocalNetwork.create(policy, d / "state", tick_s=0.5, edge_options=EDGE_OPTIONS,
                             canary=CanarySection(interval_s=1.5, threshold=2, iterations=2,
                                                  min_requests=10, max_error_rate=0.05))
-    try:
-        n.start()
-        asyncio.run(_serving(n))
+    with running(n):
         yield n
-    finally:
-        if (n.state_dir / "processes.json").exists():
-            n.stop()
-        left = n.leftovers()
-        assert left == [], left
 
-
-async def _serving(n: LocalNetwork, timeout: float = 180) -> None:
-    async with ControllerClient(n.manifest.controller_url, n.token()) as c:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            st = await c.status()
-            if all(a["primary"] and a["routed"] for a in st["apps"]):
-                return
-            await asyncio.sleep(0.3)
-        events = [f"{e['kind']}: {e['message']}" for e in await c.events(limit=1000)]
-    log = (n.state_dir / "logs" / "controller.log").read_text(errors="replace")[-3000:]
-    raise AssertionError(f"the probe app did not start: {events}\n{log}")
 
 
 async def get(session: aiohttp.ClientSession, net: LocalNetwork, region: str, path: str = "/",

@@ -18,10 +18,10 @@ from typing import Any
 import aiohttp
 import pytest
 
+from _netkit import running
 from edgeshot.control._config import ControllerConfig
 from edgeshot.control._grants import OwnerGrant
 from edgeshot.control._localnet import LocalNetwork
-from edgeshot.control.client import ControllerClient
 
 from .netfix import write_policy
 
@@ -50,26 +50,9 @@ def net(tmp_path_factory):
     cfg = ControllerConfig.load(toml)
     toml.write_text(cfg.model_copy(update={"owners": {
         "bee": OwnerGrant(routing=("*.bee.test",))}}).to_toml())
-    try:
-        n.start()
-        asyncio.run(_serving(n))
+    with running(n, apps=2):
         yield n
-    finally:
-        if (n.state_dir / "processes.json").exists():
-            n.stop()
-        assert n.leftovers() == []
 
-
-async def _serving(n: LocalNetwork, timeout: float = 240) -> None:
-    async with ControllerClient(n.manifest.controller_url, n.token()) as c:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            st = await c.status()
-            if len(st["apps"]) == 2 and all(a["primary"] and a["routed"] for a in st["apps"]):
-                return
-            await asyncio.sleep(0.3)
-        events = [f"{e['kind']}: {e['message']}" for e in await c.events(limit=1000)]
-    raise AssertionError(f"the apps did not start: {events}")
 
 
 async def call(net: LocalNetwork, method: str, path: str, token: str = "owner-bee",

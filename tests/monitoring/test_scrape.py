@@ -10,7 +10,6 @@ evaluates; the rules load; and the services' logs are JSON, one object a line.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import shutil
@@ -26,13 +25,12 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from _netkit import free_ports
+from _netkit import free_ports, running
 from control.netfix import write_policy
 from edgeshot.cli import app
 from edgeshot.configure.monitoring import alert_rules, dashboards
 from edgeshot.control._config import ControllerConfig
 from edgeshot.control._localnet import LocalNetwork
-from edgeshot.control.client import ControllerClient
 
 pytestmark = [pytest.mark.haproxy, pytest.mark.root, pytest.mark.promtool,
               pytest.mark.timeout(600)]
@@ -54,25 +52,9 @@ def net(tmp_path_factory):
                             edge_options=json_logs)
     ctl = n.state_dir / "controller.toml"
     ctl.write_text(ControllerConfig.load(ctl).model_copy(update=json_logs).to_toml())
-    try:
-        n.start()
-        asyncio.run(_serving(n))
+    with running(n):
         yield n
-    finally:
-        if (n.state_dir / "processes.json").exists():
-            n.stop()
-        assert n.leftovers() == []
 
-
-async def _serving(n: LocalNetwork, timeout: float = 240) -> None:
-    async with ControllerClient(n.manifest.controller_url, n.token()) as c:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            st = await c.status()
-            if st["apps"] and all(a["primary"] for a in st["apps"]):
-                return
-            await asyncio.sleep(0.5)
-    raise AssertionError("the hello app did not start")
 
 
 def _get(url: str, token: str | None = None, timeout: float = 10) -> tuple[int, str]:
