@@ -1,6 +1,6 @@
 """edgeshot: infrastructure as code for on-demand application processing at the edge.
 
-Layers (an arrow means "may import"), see DESIGN.md:
+Layers (an arrow means "may import"), see docs/architecture.md:
 cli -> control -> edge -> agent -> spec;  provision/configure -> plan -> spec.
 """
 

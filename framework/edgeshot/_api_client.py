@@ -2,7 +2,7 @@
 
 ``agent/client.py`` and ``edge/client.py`` each subclass ``ApiClient`` and add their
 API's calls; each has its own ``ApiError`` subclasses (chosen by HTTP status). Both are
-usage sources (DESIGN.md, "Usage records"): ``iter_usage`` pages through either.
+usage sources (docs/architecture.md, "Usage records"): ``iter_usage`` pages through either.
 
 Retries (with exponential backoff) only where repeating cannot do harm: always when
 the connection could not be made (nothing was sent); after a broken connection or a

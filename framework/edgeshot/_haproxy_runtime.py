@@ -1,6 +1,6 @@
 """Talking to a running HAProxy: its runtime API, its answers, its binary and files.
 
-Both dispatchers are HAProxy processes that Python drives live (DESIGN.md, "The path
+Both dispatchers are HAProxy processes that Python drives live (docs/architecture.md, "The path
 of a request"): each edgepoint's local dispatcher (``edge/_haproxy.py``) and the
 controller's global dispatcher (``control/_dispatcher.py``). What both need is here,
 once:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CRIU >= 4.2 for appshots (DESIGN.md, "Instances are pods").
+# CRIU >= 4.2 for appshots (docs/architecture.md, "Instances are pods").
 #
 # Debian 12's CRIU 3.17 fails `criu check` on current kernels and 4.1 cannot
 # dump TCP sockets here, so unless the machine already has a CRIU >= 4.2 that

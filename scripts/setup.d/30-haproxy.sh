@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # HAProxy (the data path of every edgepoint and of the global dispatcher) and wrk
-# (the benchmarks' load generator), both from Debian (DESIGN.md, "The path of a
+# (the benchmarks' load generator), both from Debian (docs/architecture.md, "The path of a
 # request"). Debian 12's haproxy is 2.6 built with the Prometheus exporter
 # (PROMEX). Only the binaries are used: the package's own service is stopped and
 # disabled so that nothing listens on port 80 behind the project's back; edgeshot

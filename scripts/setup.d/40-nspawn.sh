@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Throwaway edge servers for the configuration tests (DESIGN.md, "Tests and
+# Throwaway edge servers for the configuration tests (docs/architecture.md, "Tests and
 # benchmarks"): debootstrap builds a Debian root file system, systemd-nspawn
 # boots it in a network namespace, ssh reaches it, a copy of the cached
 # root per server. Idempotent: a second run installs nothing.

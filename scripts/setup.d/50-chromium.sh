@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A real headless browser for the dashboards' tests (DESIGN.md, "Tests and
+# A real headless browser for the dashboards' tests (docs/architecture.md, "Tests and
 # benchmarks": a real browser, Debian's chromium, for web pages): chromium and
 # chromium-driver (selenium drives it; the `dev` extra installs selenium).
 # Idempotent: a second run installs nothing.

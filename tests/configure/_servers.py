@@ -1,6 +1,6 @@
 """Throwaway Debian servers that really boot, for the configuration tests.
 
-DESIGN.md ("Tests and benchmarks"): a debootstrap root file system (cached
+docs/architecture.md ("Tests and benchmarks"): a debootstrap root file system (cached
 under ~/.cache/edgeshot/nspawn, built once), an overlayfs copy-on-write view
 of it per server, booted with
 ``systemd-nspawn --boot --register=no --keep-unit`` inside a network

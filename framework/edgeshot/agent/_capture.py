@@ -1,6 +1,6 @@
 """Capture: dump a running pod into a signed appshot (or a snapshot of an instance).
 
-Refuses, before dumping, what could not be restored (DESIGN.md): io_uring
+Refuses, before dumping, what could not be restored (docs/architecture.md): io_uring
 (CRIU cannot dump it; uvloop's libuv uses it), regular files open for writing
 (CRIU refuses a restore when a file changed size since the dump) and TCP
 connections to outside the pod (they cannot follow the copy elsewhere).
@@ -180,7 +180,7 @@ def dump(inst: Instance, dest: Path, *, wait_connections_s: float = 2.0) -> Rest
 
 def record_working_set(stage: Path, spec: PodSpec, state_dir: Path, pool) -> dict:
     """Test-restore the fresh images lazily, replay the warm-up, record the pages served
-    and mark them non-lazy (DESIGN.md: REAP's working set without soft-dirty tracking).
+    and mark them non-lazy (docs/architecture.md: REAP's working set without soft-dirty tracking).
 
     The test restore is served by ``_workingset.FaultRecorder``, on demand only: every
     page the restore, the health check and the warm-up touch arrives as a recorded fault,

@@ -1,5 +1,5 @@
 """The agent's Prometheus metrics: ``edgeshot_agent_<name>_<unit>``, labels ``app``,
-``version``, ``edgepoint``, ``owner`` (DESIGN.md, "Metrics").
+``version``, ``edgepoint``, ``owner`` (docs/architecture.md, "Metrics").
 
 Counters and the restore-latency histogram are updated as things happen; the
 instances by state, the appshot store's bytes and the slots are read from the

@@ -1,4 +1,4 @@
-"""Slots: pre-made network namespaces that pods run in (DESIGN.md, "Instances are pods").
+"""Slots: pre-made network namespaces that pods run in (docs/architecture.md, "Instances are pods").
 
 HAProxy 2.6 refuses the ``namespace`` option on servers added at runtime, so
 each pod runs in a *slot*: a named netns (/run/netns/<slot>) with ``lo`` and

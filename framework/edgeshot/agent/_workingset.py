@@ -1,6 +1,6 @@
 """Working set: the pages the warm-up requests touch, prefetched by lazy restores.
 
-This kernel has neither soft-dirty nor idle-page tracking, so (DESIGN.md) the
+This kernel has neither soft-dirty nor idle-page tracking, so (docs/architecture.md) the
 working set is recorded by a test restore of the fresh images with
 ``--lazy-pages`` while the warm-up requests run. CRIU's own lazy-pages daemon
 cannot record it: as soon as the restore finishes it pushes every remaining

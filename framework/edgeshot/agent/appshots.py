@@ -1,6 +1,6 @@
 """Appshots: turn a running application into a signed frozen image, and back, fast.
 
-The public face of the agent's snapshot/restore machinery (DESIGN.md,
+The public face of the agent's snapshot/restore machinery (docs/architecture.md,
 "Instances are pods; appshots are their frozen images"). Everything a server
 holds lives under one state directory (``Host.state_dir``): pods, logs, keys,
 snapshots. Where CRIU cannot run (not root, ``criu check`` fails) instances

@@ -7,7 +7,7 @@ then the digest is confirmed with ``hmac.compare_digest``: the comparison never
 depends on how much of a secret matched. Tokens are never logged: log lines and
 errors name a token by its ``name``.
 
-Scopes (DESIGN.md, "Tokens"):
+Scopes (docs/architecture.md, "Tokens"):
 
 ====================  =====================================================
 ``controller-edge``   the controller calling an edge process

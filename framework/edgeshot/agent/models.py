@@ -2,7 +2,7 @@
 
 Shared by the server (``agent/server.py``) and its client (``agent/client.py``),
 and reused by the edge process and the controller: ``UsageRecord`` is the usage
-record of DESIGN.md ("Contracts between the parts") for every source, agents and
+record of docs/architecture.md ("Contracts between the parts") for every source, agents and
 edge processes alike.
 
 Units: CPU in cores, memory and storage sizes in bytes, times in UTC
@@ -207,7 +207,7 @@ class CreateInstance(_Wire):
 
 
 class UsageRecord(BaseModel):
-    """One instance's consumption over one interval, as deltas (DESIGN.md).
+    """One instance's consumption over one interval, as deltas (docs/architecture.md).
 
     Agents fill cpu, memory, disk and storage; edge processes fill network bytes and
     requests; each field has exactly one source. ``seq`` increases by one per record of

@@ -4,7 +4,7 @@ Locust (as a library, in a child process of its own: `_capacity_run.py`, since i
 patches the standard library for gevent) ramps synthetic users up to ``users`` at
 ``spawn_rate`` per second and holds them until ``duration_s``; each user is one
 session from one of the declared regions (``X-Edgeshot-Region``), sends one request at
-a time with no think time (so "users" are concurrent in-flight requests, DESIGN.md's
+a time with no think time (so "users" are concurrent in-flight requests, docs/architecture.md's
 "users per instance") over the declared weighted paths, carrying the stage token
 (``X-Edgeshot-Stage``) that alone reaches the staged version. Every answer is kept:
 (time, users active, response ms, ok); an answer to a request sent before the number

@@ -1,6 +1,6 @@
 """The global dispatcher's decision: for each app and user region, which edgepoints, in order.
 
-A pure function over plain data (DESIGN.md: decisions are separate from the
+A pure function over plain data (docs/architecture.md: decisions are separate from the
 I/O that feeds them). Every tick the controller builds its inputs from what
 the edge processes report, calls `decide`, and pushes the changed entries
 into HAProxy's maps; HAProxy applies the table per request (see

@@ -1,4 +1,4 @@
-"""What the controller tells each edge process and reads back (DESIGN.md, "Edge API").
+"""What the controller tells each edge process and reads back (docs/architecture.md, "Edge API").
 
 In: the placements to serve at that edgepoint, each with its share of the app's
 global maximum (the controller divides it) and its versions, each with the appshot

@@ -1,7 +1,7 @@
 """Metering's tables in the controller's store (component ``metering``) and the SQL that
 reads them: usage records, each source's cursor, hourly aggregates, bills.
 
-Exactly once, by construction (DESIGN.md): a page of records of one source, the
+Exactly once, by construction (docs/architecture.md): a page of records of one source, the
 hourly aggregates it adds to and the source's new cursor are written in ONE
 transaction, and only if the cursor is still the one the page was pulled after
 (two collectors on one database cannot both ingest a page). ``(source, seq)`` is

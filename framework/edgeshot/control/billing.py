@@ -44,7 +44,7 @@ _UNITS = {"cpu": "CPU-s", "memory": "GB-s", "network": "GB", "disk_io": "GB", "s
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """What billing reads of a usage record or an hourly aggregate (DESIGN.md fields)."""
+    """What billing reads of a usage record or an hourly aggregate (docs/architecture.md fields)."""
 
     owner: str
     vendor: str

@@ -16,7 +16,7 @@ instances of the app named by HAProxy: it is not a proxy anyone can use.
 
 Without HAProxy (not installed), ``Router`` gives the activator the edgepoint's
 routing itself: routing keys, cleave routes, origin, versions by weight, affinity by
-its own cookie. Every request then crosses Python: slower (DESIGN.md), and the edge
+its own cookie. Every request then crosses Python: slower (docs/architecture.md), and the edge
 says so.
 """
 

@@ -1,6 +1,6 @@
 """HAProxy for one edgepoint: configuration from jinja2, the process, its runtime API.
 
-Packets stay in HAProxy; Python decides and pushes decisions in (DESIGN.md, "The
+Packets stay in HAProxy; Python decides and pushes decisions in (docs/architecture.md, "The
 path of a request"). Three parts:
 
 * ``render(HAProxyConf)``: the configuration and its pattern files (routing-key maps,

@@ -1,6 +1,6 @@
 """The edge process's durable state: one SQLite database (WAL) under its state directory.
 
-* ``usage``: data-path usage records (DESIGN.md format), ``seq`` per edgepoint,
+* ``usage``: data-path usage records (docs/architecture.md format), ``seq`` per edgepoint,
   written in the same transaction as the counter ``baseline`` they were computed
   against: a record is neither lost nor written twice across reloads, restarts or
   crashes (a crash before the commit recomputes the same delta from the old baseline).

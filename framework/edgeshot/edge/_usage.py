@@ -19,7 +19,7 @@ SQLite transaction. So:
   those not yet flushed (at most one ``usage_interval_s`` of them).
 
 Records carry only what the data path measures (network bytes, requests); agents fill
-CPU, memory, disk and storage (DESIGN.md: each field has exactly one source). An
+CPU, memory, disk and storage (docs/architecture.md: each field has exactly one source). An
 interval without traffic produces no record.
 """
 
