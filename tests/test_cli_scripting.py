@@ -79,8 +79,11 @@ def test_up_json_for_a_cloud_network_reports_why_it_cannot_start(tmp_path: Path)
 
 
 def test_shell_completion_is_installable_and_completes() -> None:
+    # the shell is named, not detected from the parent processes (CI runs under `sh -c`,
+    # which has no completion): typer takes the name only with detection off
     res = subprocess.run([str(EDGESHOT), "--show-completion", "bash"], capture_output=True,
-                         text=True, timeout=60, env=_env())
+                         text=True, timeout=60,
+                         env=_env(_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION="1"))
     assert res.returncode == 0 and "_EDGESHOT_COMPLETE" in res.stdout
     res = subprocess.run([str(EDGESHOT)], capture_output=True, text=True, timeout=60,
                          env=_env(_EDGESHOT_COMPLETE="complete_bash",

@@ -69,3 +69,14 @@ def test_token_files_round_trip(tmp_path: Path) -> None:
     f.chmod(0o600)
     assert f.read_text().startswith("# edgeshot tokens")
     assert auth.read_token_file(f)[0] == records
+
+
+def test_a_servers_controller_configuration_with_a_stats_port_still_loads(tmp_path: Path) -> None:
+    """The controller role writes the plan's stats port; the dispatcher serves its stats on
+    a unix socket whatever the number (0: none). A number must not stop the controller."""
+    path = tmp_path / "controller.toml"
+    for port in (8404, 0):
+        path.write_text("".join(f'{k} = "{tmp_path / k}"\n' for k in (
+            "state_dir", "plan", "base_dir", "tokens_file", "agent_token_file",
+            "edge_token_file")) + f"[dispatcher]\nstats_port = {port}\n")
+        assert ControllerConfig.load(path).dispatcher.stats_port == port

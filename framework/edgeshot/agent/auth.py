@@ -354,9 +354,12 @@ def read_secret(path: str | os.PathLike[str]) -> str:
 
 class Throttle:
     """Failed authentications per source address: a bucket of ``burst`` failures that
-    refills one every ``refill_s``. A source whose bucket is empty gets 429 for every
-    request that needs a token — valid or not, so that the answer tells a guesser
-    nothing — until it refills. Pure bookkeeping; the clock is injectable."""
+    refills one every ``refill_s``. A source whose bucket is empty gets 429 instead of 401
+    for a token it does not know until it refills; a valid token is always served, so that
+    whoever shares an address with a guesser (a NAT, a proxy, the services of one host, a
+    misconfigured scraper) is never locked out by it. Guessing a 256-bit token is hopeless
+    anyway: the throttle bounds the cost and the log lines of trying. Pure bookkeeping;
+    the clock is injectable."""
 
     def __init__(self, burst: int = 20, refill_s: float = 3.0,
                  clock: Callable[[], float] = time.monotonic, max_sources: int = 100_000
@@ -455,7 +458,8 @@ def middleware(store: TokenStore, throttle: Throttle | None = None):
     """aiohttp middleware: 401 without a valid token, 403 without a scope the handler
     accepts; sets ``request["principal"]``. Unknown routes answer 401 to anonymous callers
     (nothing about the API is revealed without a token). Failed authentications are
-    counted per source address (``throttle``, one per service): past its burst, 429."""
+    counted per source address (``throttle``, one per service): past its burst, 429 for
+    unknown tokens (valid ones are served)."""
     throttle = throttle or Throttle()
     from aiohttp import web
     from aiohttp.web_urldispatcher import MatchInfoError
@@ -469,13 +473,13 @@ def middleware(store: TokenStore, throttle: Throttle | None = None):
             request["principal"] = None
             return await handler(request)
         source = request.remote or "-"
-        if (wait := throttle.retry_after(source)) is not None:
-            return throttled_response(wait)
         principal = store.authorization(request.headers.get("Authorization"))
         if principal is None:
             why = "no bearer token" if not bearer(request.headers.get("Authorization")) \
                 else "unknown token"
             if why == "unknown token":  # a guess (no token at all is a client's first try)
+                if (wait := throttle.retry_after(source)) is not None:
+                    return throttled_response(wait)
                 throttle.failed(source)
             log.info("401 %s %s from %s: %s", request.method, request.path, request.remote, why)
             return _json_error(401, "unauthorized", f"{why}: send 'Authorization: Bearer "

@@ -22,10 +22,12 @@ class DispatcherSection(_Section):
     enabled: bool = True
     address: str | None = Field(None, description="bind address (default: the plan's controller)")
     http_port: int | None = Field(None, ge=1, le=65535, description="default: the plan's")
-    stats_port: int | None = Field(None, ge=0, le=0, description="0: no stats at all; "
+    stats_port: int | None = Field(None, ge=0, le=65535, description="0: no stats at all; "
                                    "otherwise HAProxy's stats and /metrics are on the unix "
                                    "socket stats.sock (0600) of the dispatcher's directory, "
-                                   "never on an unauthenticated TCP port")
+                                   "never on an unauthenticated TCP port (a port number, as "
+                                   "servers' configurations and older ones give, means the "
+                                   "same: the socket)")
     mode: Literal["proxy", "redirect"] = "proxy"
     simulate_latency: bool = Field(False, description="local networks: add each region's RTT")
     haproxy: str = "haproxy"

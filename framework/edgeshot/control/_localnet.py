@@ -221,7 +221,8 @@ class LocalNetwork:
         issue("edge.toml", "controller-edge", [auth.CONTROLLER_EDGE])
         issue("edge.toml", "operator", [auth.OPERATOR])
         issue("controller.toml", "operator", [auth.OPERATOR])
-        for file in ("agent.toml", "edge.toml", "controller.toml"):  # what Prometheus scrapes with
+        for file in (*(_agent_tokens(ep.name) for ep in plan.edgepoints), "edge.toml",
+                     "controller.toml"):  # what Prometheus scrapes with
             issue(file, "metrics", [auth.METRICS])
         hop = sdir / "dispatcher-hop.token"  # the dispatcher's proof to the edges
         if not hop.exists():

@@ -248,14 +248,14 @@ class Dashboards:
                 return self._html("login.html.j2", status=403, nav=[], page="login", who=None,
                                   error="this form must be posted from the controller's page")
             throttle = self.c.auth_throttle  # shared with the API's bearer tokens
-            if (wait := throttle.retry_after(request.remote or "-")) is not None:
-                return self._html("login.html.j2", status=429, nav=[], page="login", who=None,
-                                  error=f"too many failed logins from this address: try "
-                                        f"again in {wait} s")
             form = await request.post()
             token = str(form.get("token", ""))
             got = await asyncio.to_thread(_auth.login, self.c, token) if token else None
-            if got is None:
+            if got is None:  # a valid token logs in whatever its address did (auth.Throttle)
+                if (wait := throttle.retry_after(request.remote or "-")) is not None:
+                    return self._html("login.html.j2", status=429, nav=[], page="login",
+                                      who=None, error=f"too many failed logins from this "
+                                                      f"address: try again in {wait} s")
                 throttle.failed(request.remote or "-")
                 log.info("dashboard login refused from %s", request.remote)
                 return self._html("login.html.j2", status=401, nav=[], page="login", who=None,
