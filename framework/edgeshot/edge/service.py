@@ -67,6 +67,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from .. import __version__
 from .._config_file import ConfigError, load_config, toml_text
 from .._logging import LogFormat, configure_logging
+from .._tasks import cancel_and_wait
 from ..agent import auth
 from ..agent.auth import CONTROLLER_EDGE, METRICS, OPERATOR, requires
 from ..agent.client import AgentClient, AgentError
@@ -462,11 +463,7 @@ class Edge:
         minute, then stop HAProxy (unless ``keep_haproxy``)."""
         self._stopping = True
         t_stop = time.monotonic()
-        for t in self.loops:
-            t.cancel()
-        for t in self.loops:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(self.loops)
         self.loops = []
         if self.tasks:
             # actions under way get a few seconds; then they are cancelled (the agents
@@ -543,7 +540,7 @@ class Edge:
 
     async def _tick_loop(self) -> None:
         """Decide every tick_s, or at once when the activator reports demand."""
-        while True:
+        while not self._stopping:
             t0 = time.monotonic()
             urgent = self.wake.is_set()
             self.wake.clear()  # before the tick: demand during the tick wakes the next one
