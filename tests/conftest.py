@@ -35,6 +35,8 @@ def unavailable(item: pytest.Item) -> str | None:
         return ("needs promtool and prometheus (Debian's prometheus package: "
                 "scripts/setup.d/60-prometheus.sh "
                 "installs it, as root)")
+    if item.get_closest_marker("git") and not shutil.which("git"):
+        return "needs git (scripts/setup.d/10-base.sh installs it, as root)"
     if item.get_closest_marker("criu"):
         from edgeshot.agent import _criu
         st = _criu.status()
@@ -48,6 +50,7 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "browser: needs a headless Chromium (and selenium); must run under CI=true")
     config.addinivalue_line(
         "markers", "promtool: needs Prometheus's promtool; must run under CI=true")
+    config.addinivalue_line("markers", "git: needs git; must run under CI=true")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

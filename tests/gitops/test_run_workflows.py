@@ -158,11 +158,10 @@ def test_github_plan_job_comments_once_and_edits_on_each_push(tmp_path):
     assert forge.comments[0]["body"] == "a reviewer's comment"
 
 
+@pytest.mark.git
 def test_gitlab_plan_job_on_a_real_repository(tmp_path):
     """The job's script as GitLab's runner runs it (each line in one shell, -e), in a clone
     whose origin has the target branch; the image's own `apt-get` line is left out."""
-    if shutil.which("git") is None:
-        pytest.skip("git is not installed")
     env = {**_base_env(tmp_path), "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
            "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com",
            "GIT_CONFIG_GLOBAL": str(tmp_path / "gitconfig")}

@@ -8,6 +8,7 @@ post twice); editing one is.
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 from urllib.parse import quote
@@ -31,7 +32,7 @@ class Posted:
     url: str
 
 
-class _Forge(ApiClient):
+class _Forge(ApiClient, ABC):
     error = ForgeError
     unavailable = ForgeError
     platform: ClassVar[str]
@@ -62,14 +63,15 @@ class _Forge(ApiClient):
                 return found
             page += 1
 
-    async def comments(self) -> list[dict[str, Any]]:
-        raise NotImplementedError
+    # each platform (GitHub, GitLab) says where its pull request's comments live
+    @abstractmethod
+    async def comments(self) -> list[dict[str, Any]]: ...
 
-    async def create(self, body: str) -> dict[str, Any]:
-        raise NotImplementedError
+    @abstractmethod
+    async def create(self, body: str) -> dict[str, Any]: ...
 
-    async def update(self, comment_id: int, body: str) -> dict[str, Any]:
-        raise NotImplementedError
+    @abstractmethod
+    async def update(self, comment_id: int, body: str) -> dict[str, Any]: ...
 
     @staticmethod
     def url_of(comment: dict[str, Any]) -> str:
